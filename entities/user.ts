@@ -1,0 +1,21 @@
+import { Column, Entity, PrimaryColumn } from 'typeorm';
+
+/** A paying client of the integrator, with a prepaid credit balance. */
+@Entity({ name: 'users' })
+export class User {
+  @PrimaryColumn({ type: 'varchar', length: 64 })
+  id!: string;
+
+  @Column({ type: 'text', default: '' })
+  name!: string;
+
+  /** Decimal string with 4 fraction digits; never negative (CHECK in the schema). */
+  @Column({ type: 'numeric', precision: 20, scale: 4, default: 0 })
+  balance!: string;
+
+  @Column({ name: 'created_at', type: 'timestamptz', default: () => 'now()' })
+  createdAt!: Date;
+
+  @Column({ name: 'updated_at', type: 'timestamptz', default: () => 'now()' })
+  updatedAt!: Date;
+}

@@ -1,0 +1,4 @@
+import { Initial1764300000000 } from './1764300000000-Initial.js';
+
+/** Every migration in order, listed explicitly (no globs) so `.ts` and built `.js` agree. */
+export const migrations = [Initial1764300000000];

@@ -1,0 +1,79 @@
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+
+const ms = (def: number) => z.coerce.number().int().positive().default(def);
+const seconds = (def: number) => z.coerce.number().int().nonnegative().default(def);
+const emptyAsUnset = (v: unknown) => (v === '' ? undefined : v);
+
+const schema = z.object({
+  PORT: z.preprocess(emptyAsUnset, z.coerce.number().int().min(0).max(65535).default(3000)),
+  DATABASE_URL: z.preprocess(emptyAsUnset, z.string().url().optional()),
+  DATA_DIR: z.preprocess(emptyAsUnset, z.string().default('./.chatmeter-data')),
+  REDIS_URL: z.preprocess(emptyAsUnset, z.string().url().optional()),
+  CHATMETER_API_KEY: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
+  CHATMETER_JWT_SECRET: z.preprocess(emptyAsUnset, z.string().min(32).optional()),
+  METER_TICK_MS: z.preprocess(emptyAsUnset, ms(1000)),
+  HEARTBEAT_INTERVAL_MS: z.preprocess(emptyAsUnset, ms(10_000)),
+  HEARTBEAT_GRACE_MS: z.preprocess(emptyAsUnset, seconds(5000)),
+  ABANDON_TIMEOUT_MS: z.preprocess(emptyAsUnset, ms(120_000)),
+  FREE_TIME_SECONDS: z.preprocess(emptyAsUnset, seconds(180)),
+  LOW_BALANCE_SECONDS: z.preprocess(emptyAsUnset, seconds(60)),
+  CORS_ORIGINS: z.preprocess(emptyAsUnset, z.string().optional()),
+  LOG_LEVEL: z.preprocess(
+    emptyAsUnset,
+    z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  ),
+});
+
+/** The validated configuration of one node (SPEC section 4). */
+export interface Config {
+  port: number;
+  /** Postgres connection string; null means the embedded PGlite in `dataDir`. */
+  databaseUrl: string | null;
+  dataDir: string;
+  redisUrl: string | null;
+  apiKey: string;
+  jwtSecret: string;
+  /** True when the key or secret was generated here and must be printed for the operator. */
+  generatedSecrets: { apiKey: boolean; jwtSecret: boolean };
+  meterTickMs: number;
+  heartbeatIntervalMs: number;
+  heartbeatGraceMs: number;
+  abandonTimeoutMs: number;
+  freeTimeSeconds: number;
+  lowBalanceSeconds: number;
+  corsOrigins: string[];
+  logLevel: string;
+}
+
+/** Thrown with every bad variable listed, so the operator fixes them all at once. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Reads and validates the environment; nothing else in the server reads `process.env`. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message} (got ${JSON.stringify(env[String(i.path[0])])})`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  return {
+    port: e.PORT,
+    databaseUrl: e.DATABASE_URL ?? null,
+    dataDir: e.DATA_DIR,
+    redisUrl: e.REDIS_URL ?? null,
+    apiKey: e.CHATMETER_API_KEY ?? randomBytes(24).toString('base64url'),
+    jwtSecret: e.CHATMETER_JWT_SECRET ?? randomBytes(32).toString('base64url'),
+    generatedSecrets: { apiKey: !e.CHATMETER_API_KEY, jwtSecret: !e.CHATMETER_JWT_SECRET },
+    meterTickMs: e.METER_TICK_MS,
+    heartbeatIntervalMs: e.HEARTBEAT_INTERVAL_MS,
+    heartbeatGraceMs: e.HEARTBEAT_GRACE_MS,
+    abandonTimeoutMs: e.ABANDON_TIMEOUT_MS,
+    freeTimeSeconds: e.FREE_TIME_SECONDS,
+    lowBalanceSeconds: e.LOW_BALANCE_SECONDS,
+    corsOrigins: (e.CORS_ORIGINS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+    logLevel: e.LOG_LEVEL,
+  };
+}

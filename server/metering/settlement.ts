@@ -1,0 +1,576 @@
+/**
+ * The only place that writes balances, allowances, time records and charges.
+ * Each call is one transaction: lock rows in a fixed order (users, allowances,
+ * chats, records, each sorted) so concurrent settlements never deadlock, run the
+ * pure rules, and write every table with one batched statement. A whole batch of
+ * chats costs the same handful of round trips as one chat.
+ */
+import type { DataSource, EntityManager } from 'typeorm';
+import type { EndReason, MeterSnapshot } from '../../client-sdk/src/protocol.js';
+import { BadRequestError, ConflictError, ForbiddenError, NotFoundError } from '../errors.js';
+import { formatAmount, parseAmount } from '../money.js';
+import {
+  type Allowance,
+  type ChatMeter,
+  type Command,
+  type Policy,
+  type PresenceSpan,
+  applyCommand,
+  freeSecondsRemaining,
+  meterState,
+  secondsAffordable,
+  settle,
+} from './rules.js';
+
+/** One chat to settle, with what presence knows of its user, and maybe a state command. */
+export interface SettleItem {
+  chatId: string;
+  presence: PresenceSpan | null;
+  command?: Command;
+}
+
+/** What settling one chat did. */
+export type SettleOutcome =
+  | {
+      chatId: string;
+      ok: true;
+      meter: MeterSnapshot;
+      /** True when a new snapshot was made (its seq is new): push it. */
+      push: boolean;
+      ended: EndReason | null;
+      lowBalance: boolean;
+      /** Credits taken from the balance by this settlement (units). */
+      charge: bigint;
+    }
+  | { chatId: string; ok: false; error: NotFoundError | ConflictError };
+
+/** Options of one batch. */
+export interface SettleOptions {
+  /** Absence before this instant doesn't count towards abandonment (the node's start). */
+  observedSince?: number;
+}
+
+interface RecordRow {
+  id: string;
+  chat_id: string;
+  user_id: string;
+  advisor_id: string;
+  duration: number;
+  free_time_used: number;
+  paid_seconds: number;
+  credits_used: string;
+  rate_per_minute: string;
+  total_free_time_allocation: number;
+  is_active: boolean;
+  timestamp: Date;
+  last_heartbeat_time: Date | null;
+  settled_until: Date | null;
+  last_present_at: Date | null;
+  ended_at: Date | null;
+  end_reason: EndReason | null;
+  charge_segment: number;
+  meter_seq: string;
+  low_balance_warned: boolean;
+  meter_state: ChatMeter['meterState'];
+}
+
+interface ChatRow {
+  id: string;
+  user_id: string;
+  advisor_id: string;
+  status: ChatMeter['status'];
+  paused: boolean;
+  started_at: Date | null;
+  ended_at: Date | null;
+  end_reason: EndReason | null;
+}
+
+interface AllowanceRow {
+  user_id: string;
+  advisor_id: string;
+  allocation_seconds: number;
+  used_seconds: number;
+}
+
+/** The result of a top-up. */
+export interface TopUpResult {
+  entry: LedgerEntryView;
+  balance: string;
+  /** True when the key had been used before: nothing was added this time. */
+  replayed: boolean;
+}
+
+/** A ledger entry as the API shows it. */
+export interface LedgerEntryView {
+  id: string;
+  type: 'topup' | 'charge' | 'refund';
+  amount: string;
+  balanceAfter: string;
+  chatId: string | null;
+  idempotencyKey: string;
+  createdAt: string;
+}
+
+const ms = (d: Date | null): number | null => (d ? d.getTime() : null);
+const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
+const pairKey = (userId: string, advisorId: string) => `${userId}\u0000${advisorId}`;
+
+/** Drives the billing rules against the database. */
+export class SettlementService {
+  constructor(
+    private readonly ds: DataSource,
+    private readonly policy: Policy,
+  ) {}
+
+  /**
+   * Returns the one time record of a chat, creating it (and the pair's allowance)
+   * on first call. Idempotent and safe under concurrency on any number of nodes:
+   * the unique constraint on chat_id decides, and losers read the winner's row.
+   * @throws NotFoundError when the chat doesn't exist; ForbiddenError when the
+   *   user or advisor given don't match the chat's.
+   */
+  async initializeTimeTrackingForChat(userId: string, advisorId: string, chatId: string): Promise<RecordRow> {
+    const chats: ChatRow[] = await this.ds.query(`SELECT * FROM chats WHERE id = $1`, [chatId]);
+    const chat = chats[0];
+    if (!chat) throw new NotFoundError(`chat ${chatId} does not exist`);
+    if (chat.user_id !== userId || chat.advisor_id !== advisorId) {
+      throw new ForbiddenError(`chat ${chatId} is not between user ${userId} and advisor ${advisorId}`);
+    }
+    const existing: RecordRow[] = await this.ds.query(`SELECT * FROM conversation_time_records WHERE chat_id = $1`, [chatId]);
+    if (existing[0]) return existing[0];
+
+    await this.ds.query(
+      `INSERT INTO free_time_allowances (user_id, advisor_id, allocation_seconds)
+       SELECT $1, a.id, a.free_seconds FROM advisors a WHERE a.id = $2
+       ON CONFLICT (user_id, advisor_id) DO NOTHING`,
+      [userId, advisorId],
+    );
+    const inserted: RecordRow[] = await this.ds.query(
+      `INSERT INTO conversation_time_records
+         (chat_id, user_id, advisor_id, rate_per_minute, total_free_time_allocation,
+          is_active, ended_at, end_reason, meter_state)
+       SELECT c.id, c.user_id, c.advisor_id, a.rate_per_minute, f.allocation_seconds,
+              c.status <> 'ended', c.ended_at, c.end_reason,
+              CASE c.status WHEN 'pending' THEN 'pending' WHEN 'ended' THEN 'ended' ELSE 'away' END
+         FROM chats c
+         JOIN advisors a ON a.id = c.advisor_id
+         JOIN free_time_allowances f ON f.user_id = c.user_id AND f.advisor_id = c.advisor_id
+        WHERE c.id = $1
+       ON CONFLICT (chat_id) DO NOTHING
+       RETURNING *`,
+      [chatId],
+    );
+    if (inserted[0]) return inserted[0];
+    const winner: RecordRow[] = await this.ds.query(`SELECT * FROM conversation_time_records WHERE chat_id = $1`, [chatId]);
+    return winner[0]!;
+  }
+
+  /**
+   * Settles a batch of chats up to `now` in one transaction: bills metered whole
+   * seconds, applies state commands, ends chats out of credits or abandoned, and
+   * returns a meter snapshot per chat. Chats without a time record yet are
+   * skipped unless a command needs them (callers initialize before commands).
+   */
+  async settleBatch(items: SettleItem[], now: number, opts: SettleOptions = {}): Promise<SettleOutcome[]> {
+    if (items.length === 0) return [];
+    return this.ds.transaction((em) => this.settleIn(em, items, now, opts));
+  }
+
+  private async settleIn(em: EntityManager, items: SettleItem[], now: number, opts: SettleOptions): Promise<SettleOutcome[]> {
+    const chatIds = [...new Set(items.map((i) => i.chatId))].sort();
+    // user and advisor of a chat never change: read them without a lock to know what to lock
+    const owners: Array<{ id: string; user_id: string; advisor_id: string }> = await em.query(
+      `SELECT id, user_id, advisor_id FROM chats WHERE id = ANY($1::text[])`,
+      [chatIds],
+    );
+    const userIds = [...new Set(owners.map((o) => o.user_id))].sort();
+    const pairs = uniqueBy(owners.map((o) => [o.user_id, o.advisor_id] as const), ([u, a]) => pairKey(u, a));
+
+    const users: Array<{ id: string; balance: string }> = await em.query(
+      `SELECT id, balance FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
+      [userIds],
+    );
+    const allowanceRows: AllowanceRow[] = await em.query(
+      `SELECT user_id, advisor_id, allocation_seconds, used_seconds FROM free_time_allowances
+        WHERE (user_id, advisor_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+        ORDER BY user_id, advisor_id FOR UPDATE`,
+      [pairs.map((p) => p[0]), pairs.map((p) => p[1])],
+    );
+    const chatRows: ChatRow[] = await em.query(
+      `SELECT * FROM chats WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
+      [chatIds],
+    );
+    const recordRows: RecordRow[] = await em.query(
+      `SELECT * FROM conversation_time_records WHERE chat_id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
+      [chatIds],
+    );
+
+    const balances = new Map(users.map((u) => [u.id, parseAmount(u.balance)]));
+    const allowances = new Map(allowanceRows.map((a) => [pairKey(a.user_id, a.advisor_id), toAllowance(a)]));
+    const chatsById = new Map(chatRows.map((c) => [c.id, c]));
+    const recordsByChat = new Map(recordRows.map((r) => [r.chat_id, r]));
+
+    interface Work {
+      record: RecordRow;
+      before: ChatMeter;
+      meter: ChatMeter;
+      rate: bigint;
+      presence: PresenceSpan | null;
+      commanded: boolean;
+      refusal?: ConflictError;
+      ended: EndReason | null;
+      lowBalance: boolean;
+      charge: bigint;
+      affordable: number | null;
+    }
+    const work = new Map<string, Work>();
+    const failures: SettleOutcome[] = [];
+    // one row per chat: a statement may not touch the same ledger row twice
+    const charges = new Map<string, { user_id: string; chat_id: string; amount: bigint; balance_after: string; idempotency_key: string }>();
+
+    for (const item of items) {
+      const chat = chatsById.get(item.chatId);
+      const record = recordsByChat.get(item.chatId);
+      if (!chat) {
+        failures.push({ chatId: item.chatId, ok: false, error: new NotFoundError(`chat ${item.chatId} does not exist`) });
+        continue;
+      }
+      if (!record) {
+        if (item.command) {
+          failures.push({ chatId: item.chatId, ok: false, error: new ConflictError(`chat ${item.chatId} has no time record yet`) });
+        }
+        continue;
+      }
+      const key = pairKey(chat.user_id, chat.advisor_id);
+      const prior = work.get(item.chatId);
+      const w: Work = prior ?? {
+        record,
+        before: toMeter(chat, record),
+        meter: toMeter(chat, record),
+        rate: parseAmount(record.rate_per_minute),
+        presence: item.presence,
+        commanded: false,
+        ended: null,
+        lowBalance: false,
+        charge: 0n,
+        affordable: null,
+      };
+      w.presence = item.presence;
+      const result = settle({
+        chat: w.meter,
+        allowance: allowances.get(key)!,
+        balance: balances.get(chat.user_id)!,
+        ratePerMinute: w.rate,
+        presence: item.presence,
+        now,
+        observedSince: opts.observedSince ?? -Infinity,
+        policy: this.policy,
+      });
+      let meter = result.chat;
+      if (item.command) {
+        const applied = applyCommand(meter, item.command, now);
+        if ('refused' in applied) {
+          w.refusal = new ConflictError(applied.refused);
+        } else {
+          meter = applied;
+          if (meter.status !== 'ended') meter.meterState = meterState(meter, item.presence, now);
+          w.commanded = true;
+        }
+      }
+      const balance = result.balance;
+      balances.set(chat.user_id, balance);
+      allowances.set(key, result.allowance);
+      w.meter = meter;
+      w.ended = w.ended ?? result.ended ?? (meter.status === 'ended' && w.before.status !== 'ended' ? meter.endReason : null);
+      w.lowBalance = w.lowBalance || result.lowBalance;
+      w.charge += result.charge;
+      w.affordable = secondsAffordable(meter, result.allowance, balance, w.rate);
+      work.set(item.chatId, w);
+      if (result.charge > 0n) {
+        const prev = charges.get(chat.id);
+        charges.set(chat.id, {
+          user_id: chat.user_id,
+          chat_id: chat.id,
+          amount: (prev?.amount ?? 0n) + result.charge,
+          balance_after: formatAmount(balance),
+          idempotency_key: `charge:${chat.id}:${record.charge_segment}`,
+        });
+      }
+    }
+
+    // a snapshot is new when something changed or the meter runs: only those take a seq
+    const outcomes: SettleOutcome[] = [];
+    const recordUpdates: object[] = [];
+    const chatUpdates: object[] = [];
+    for (const [chatId, w] of work) {
+      const changed = !sameMeter(w.before, w.meter);
+      const push = changed || w.commanded || w.meter.meterState === 'running';
+      const seq = Number(w.record.meter_seq) + (push ? 1 : 0);
+      if (changed || push) {
+        recordUpdates.push({
+          id: w.record.id,
+          duration: w.meter.durationSeconds,
+          free_time_used: w.meter.freeSecondsUsed,
+          paid_seconds: w.meter.paidSeconds,
+          credits_used: formatAmount(w.meter.creditsUsed),
+          is_active: w.meter.status !== 'ended',
+          last_heartbeat_time: iso(w.meter.lastHeartbeatAt),
+          settled_until: iso(w.meter.settledUntil),
+          last_present_at: iso(w.meter.lastPresentAt),
+          ended_at: w.meter.status === 'ended' ? iso(w.meter.endedAt) : null,
+          end_reason: w.meter.status === 'ended' ? w.meter.endReason : null,
+          meter_seq: seq,
+          low_balance_warned: w.meter.lowBalanceWarned,
+          meter_state: w.meter.meterState,
+        });
+      }
+      if (chatChanged(w.before, w.meter)) {
+        chatUpdates.push({
+          id: chatId,
+          status: w.meter.status,
+          paused: w.meter.paused,
+          started_at: iso(w.meter.startedAt),
+          ended_at: iso(w.meter.endedAt),
+          end_reason: w.meter.endReason,
+        });
+      }
+      const key = pairKey(w.meter.userId, w.meter.advisorId);
+      if (w.refusal) {
+        outcomes.push({ chatId, ok: false, error: w.refusal });
+        continue;
+      }
+      outcomes.push({
+        chatId,
+        ok: true,
+        meter: buildSnapshot(w.record.id, w.meter, allowances.get(key)!, balances.get(w.meter.userId)!, w.rate, seq, now),
+        push,
+        ended: w.ended,
+        lowBalance: w.lowBalance,
+        charge: w.charge,
+      });
+    }
+
+    const userUpdates = users
+      .filter((u) => parseAmount(u.balance) !== balances.get(u.id))
+      .map((u) => ({ id: u.id, balance: formatAmount(balances.get(u.id)!) }));
+    const allowanceUpdates = allowanceRows
+      .filter((a) => a.used_seconds !== allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds)
+      .map((a) => ({ user_id: a.user_id, advisor_id: a.advisor_id, used_seconds: allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds }));
+
+    if (userUpdates.length) {
+      await em.query(
+        `UPDATE users u SET balance = v.balance, updated_at = now()
+           FROM jsonb_to_recordset($1::jsonb) AS v(id text, balance numeric)
+          WHERE u.id = v.id`,
+        [JSON.stringify(userUpdates)],
+      );
+    }
+    if (allowanceUpdates.length) {
+      await em.query(
+        `UPDATE free_time_allowances f SET used_seconds = v.used_seconds, updated_at = now()
+           FROM jsonb_to_recordset($1::jsonb) AS v(user_id text, advisor_id text, used_seconds int)
+          WHERE f.user_id = v.user_id AND f.advisor_id = v.advisor_id`,
+        [JSON.stringify(allowanceUpdates)],
+      );
+    }
+    if (chatUpdates.length) {
+      await em.query(
+        `UPDATE chats c SET status = v.status, paused = v.paused, started_at = v.started_at,
+                ended_at = v.ended_at, end_reason = v.end_reason
+           FROM jsonb_to_recordset($1::jsonb)
+             AS v(id text, status text, paused boolean, started_at timestamptz, ended_at timestamptz, end_reason text)
+          WHERE c.id = v.id`,
+        [JSON.stringify(chatUpdates)],
+      );
+    }
+    if (recordUpdates.length) {
+      await em.query(
+        `UPDATE conversation_time_records r SET
+                duration = v.duration, free_time_used = v.free_time_used, paid_seconds = v.paid_seconds,
+                credits_used = v.credits_used, is_active = v.is_active,
+                last_heartbeat_time = v.last_heartbeat_time, settled_until = v.settled_until,
+                last_present_at = v.last_present_at, ended_at = v.ended_at, end_reason = v.end_reason,
+                meter_seq = v.meter_seq, low_balance_warned = v.low_balance_warned, meter_state = v.meter_state
+           FROM jsonb_to_recordset($1::jsonb) AS v(
+                id uuid, duration int, free_time_used int, paid_seconds int, credits_used numeric,
+                is_active boolean, last_heartbeat_time timestamptz, settled_until timestamptz,
+                last_present_at timestamptz, ended_at timestamptz, end_reason text, meter_seq bigint,
+                low_balance_warned boolean, meter_state text)
+          WHERE r.id = v.id`,
+        [JSON.stringify(recordUpdates)],
+      );
+    }
+    if (charges.size) {
+      // one open charge entry per chat and segment: later settlements increase it
+      await em.query(
+        `INSERT INTO ledger_entries (user_id, type, amount, balance_after, chat_id, idempotency_key)
+         SELECT v.user_id, 'charge', v.amount, v.balance_after, v.chat_id, v.idempotency_key
+           FROM jsonb_to_recordset($1::jsonb)
+             AS v(user_id text, chat_id text, amount numeric, balance_after numeric, idempotency_key text)
+         ON CONFLICT (user_id, type, idempotency_key) DO UPDATE
+            SET amount = ledger_entries.amount + EXCLUDED.amount,
+                balance_after = EXCLUDED.balance_after, updated_at = now()`,
+        [JSON.stringify([...charges.values()].map((c) => ({ ...c, amount: formatAmount(c.amount) })))],
+      );
+    }
+    return [...outcomes, ...failures];
+  }
+
+  /**
+   * Adds credits to a user's balance once per idempotency key: the same key again
+   * returns the first result and adds nothing; the same key with another amount is
+   * a conflict. A top-up closes the user's open charge entries, so the ledger reads
+   * in order.
+   */
+  async topUp(userId: string, amount: string, idempotencyKey: string): Promise<TopUpResult> {
+    const units = parseAmount(amount);
+    if (units <= 0n) throw new BadRequestError('a top-up amount must be positive');
+    return this.ds.transaction(async (em) => {
+      const users: Array<{ balance: string }> = await em.query(`SELECT balance FROM users WHERE id = $1 FOR UPDATE`, [userId]);
+      if (!users[0]) throw new NotFoundError(`user ${userId} does not exist`);
+      const prior: LedgerRow[] = await em.query(
+        `SELECT * FROM ledger_entries WHERE user_id = $1 AND type = 'topup' AND idempotency_key = $2`,
+        [userId, idempotencyKey],
+      );
+      if (prior[0]) {
+        if (parseAmount(prior[0].amount) !== units) {
+          throw new ConflictError(`idempotency key ${idempotencyKey} was used for a top-up of ${prior[0].amount}`);
+        }
+        return { entry: toLedgerView(prior[0]), balance: users[0].balance, replayed: true };
+      }
+      const balance = formatAmount(parseAmount(users[0].balance) + units);
+      await em.query(`UPDATE users SET balance = $2, updated_at = now() WHERE id = $1`, [userId, balance]);
+      const rows: LedgerRow[] = await em.query(
+        `INSERT INTO ledger_entries (user_id, type, amount, balance_after, idempotency_key)
+         VALUES ($1, 'topup', $2, $3, $4) RETURNING *`,
+        [userId, formatAmount(units), balance, idempotencyKey],
+      );
+      await em.query(
+        `UPDATE conversation_time_records SET charge_segment = charge_segment + 1 WHERE user_id = $1 AND is_active`,
+        [userId],
+      );
+      return { entry: toLedgerView(rows[0]!), balance, replayed: false };
+    });
+  }
+
+  /** A chat's current snapshot without settling (for acks and polling); seq is the latest pushed. */
+  async readMeter(chatId: string, presence: PresenceSpan | null, now: number): Promise<MeterSnapshot | null> {
+    const rows: Array<RecordRow & Pick<ChatRow, 'status' | 'paused' | 'started_at'> & AllowanceRow & { balance: string }> =
+      await this.ds.query(
+        `SELECT r.*, c.status, c.paused, c.started_at, u.balance, f.allocation_seconds, f.used_seconds
+           FROM conversation_time_records r
+           JOIN chats c ON c.id = r.chat_id
+           JOIN users u ON u.id = r.user_id
+           JOIN free_time_allowances f ON f.user_id = r.user_id AND f.advisor_id = r.advisor_id
+          WHERE r.chat_id = $1`,
+        [chatId],
+      );
+    const row = rows[0];
+    if (!row) return null;
+    const meter = toMeter({ ...row, id: row.chat_id }, row);
+    meter.meterState = meterState(meter, presence, now);
+    return buildSnapshot(row.id, meter, toAllowance(row), parseAmount(row.balance), parseAmount(row.rate_per_minute), Number(row.meter_seq), now);
+  }
+}
+
+interface LedgerRow {
+  id: string;
+  type: 'topup' | 'charge' | 'refund';
+  amount: string;
+  balance_after: string;
+  chat_id: string | null;
+  idempotency_key: string;
+  created_at: Date;
+}
+
+/** A ledger row as the API shows it. */
+export function toLedgerView(r: LedgerRow): LedgerEntryView {
+  return {
+    id: String(r.id),
+    type: r.type,
+    amount: r.amount,
+    balanceAfter: r.balance_after,
+    chatId: r.chat_id,
+    idempotencyKey: r.idempotency_key,
+    createdAt: r.created_at.toISOString(),
+  };
+}
+
+function toAllowance(a: { allocation_seconds: number; used_seconds: number }): Allowance {
+  return { allocationSeconds: a.allocation_seconds, usedSeconds: a.used_seconds };
+}
+
+function toMeter(chat: ChatRow, r: RecordRow): ChatMeter {
+  return {
+    chatId: chat.id,
+    userId: chat.user_id,
+    advisorId: chat.advisor_id,
+    status: chat.status,
+    paused: chat.paused,
+    startedAt: ms(chat.started_at),
+    endedAt: ms(chat.ended_at),
+    endReason: chat.end_reason,
+    durationSeconds: r.duration,
+    freeSecondsUsed: r.free_time_used,
+    paidSeconds: r.paid_seconds,
+    creditsUsed: parseAmount(r.credits_used),
+    settledUntil: ms(r.settled_until),
+    lastPresentAt: ms(r.last_present_at),
+    lastHeartbeatAt: ms(r.last_heartbeat_time),
+    lowBalanceWarned: r.low_balance_warned,
+    meterState: r.meter_state,
+  };
+}
+
+function buildSnapshot(
+  recordId: string,
+  m: ChatMeter,
+  allowance: Allowance,
+  balance: bigint,
+  rate: bigint,
+  seq: number,
+  now: number,
+): MeterSnapshot {
+  return {
+    chatId: m.chatId,
+    recordId,
+    userId: m.userId,
+    advisorId: m.advisorId,
+    state: m.meterState,
+    durationSeconds: m.durationSeconds,
+    freeSecondsUsed: m.freeSecondsUsed,
+    freeSecondsRemaining: freeSecondsRemaining(allowance),
+    freeSecondsAllocation: allowance.allocationSeconds,
+    creditsUsed: formatAmount(m.creditsUsed),
+    balance: formatAmount(balance),
+    ratePerMinute: formatAmount(rate),
+    secondsAffordable: secondsAffordable(m, allowance, balance, rate),
+    seq,
+    serverTime: new Date(now).toISOString(),
+  };
+}
+
+function sameMeter(a: ChatMeter, b: ChatMeter): boolean {
+  return (
+    a.status === b.status &&
+    a.paused === b.paused &&
+    a.durationSeconds === b.durationSeconds &&
+    a.creditsUsed === b.creditsUsed &&
+    a.settledUntil === b.settledUntil &&
+    a.lastPresentAt === b.lastPresentAt &&
+    a.lastHeartbeatAt === b.lastHeartbeatAt &&
+    a.lowBalanceWarned === b.lowBalanceWarned &&
+    a.meterState === b.meterState
+  );
+}
+
+function chatChanged(a: ChatMeter, b: ChatMeter): boolean {
+  return a.status !== b.status || a.paused !== b.paused || a.startedAt !== b.startedAt || a.endedAt !== b.endedAt;
+}
+
+function uniqueBy<T>(xs: T[], key: (x: T) => string): T[] {
+  const seen = new Map<string, T>();
+  for (const x of xs) if (!seen.has(key(x))) seen.set(key(x), x);
+  return [...seen.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, x]) => x);
+}
+

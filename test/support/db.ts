@@ -1,0 +1,66 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import type { DataSource } from 'typeorm';
+import { createDataSource } from '../../server/db.js';
+
+/** A migrated, empty database of its own, and how to drop it. */
+export interface TestDb {
+  ds: DataSource;
+  /** The Postgres URL of this database, or null on PGlite. */
+  url: string | null;
+  /** True on the embedded PGlite: one connection, so concurrency is not exercised. */
+  embedded: boolean;
+  /** Empties every table, much faster than a new database. */
+  reset(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const TABLES = 'ledger_entries, conversation_time_records, free_time_allowances, chats, advisors, users';
+const truncate = (ds: DataSource) => ds.query(`TRUNCATE ${TABLES} RESTART IDENTITY CASCADE`).then(() => undefined);
+
+/**
+ * A fresh database: a new Postgres database on the server of `DATABASE_URL` when it
+ * is set, otherwise an in-memory PGlite. Pass `embedded: true` to force PGlite.
+ */
+export async function freshDatabase(opts: { embedded?: boolean; migrate?: boolean } = {}): Promise<TestDb> {
+  const base = process.env.DATABASE_URL;
+  if (!base || opts.embedded) {
+    const ds = await createDataSource({ databaseUrl: null, dataDir: 'memory://' });
+    await ds.initialize();
+    if (opts.migrate !== false) await ds.runMigrations({ transaction: 'each' });
+    return { ds, url: null, embedded: true, reset: () => truncate(ds), close: () => ds.destroy() };
+  }
+  const name = `chatmeter_t_${randomBytes(6).toString('hex')}`;
+  await admin(base, `CREATE DATABASE ${name}`);
+  const url = withDatabase(base, name);
+  const ds = await createDataSource({ databaseUrl: url, dataDir: '' });
+  await ds.initialize();
+  if (opts.migrate !== false) await ds.runMigrations({ transaction: 'each' });
+  return {
+    ds,
+    url,
+    embedded: false,
+    reset: () => truncate(ds),
+    close: async () => {
+      if (ds.isInitialized) await ds.destroy();
+      await admin(base, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    },
+  };
+}
+
+/** The same server URL pointing at another database. */
+export function withDatabase(url: string, name: string): string {
+  const u = new URL(url);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
+
+async function admin(url: string, sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
