@@ -1,0 +1,250 @@
+/**
+ * Wires one node: database, services, express, socket.io, ticker. Building is
+ * apart from listening, so tests build apps on port 0 and `server/main.ts` only
+ * reads config, calls this and handles signals.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer, type Server as HttpServer } from 'node:http';
+import { hostname } from 'node:os';
+import { createAdapter } from '@socket.io/redis-adapter';
+import express from 'express';
+import helmet from 'helmet';
+import { createClient, type RedisClientType } from 'redis';
+import { Server } from 'socket.io';
+import type { DataSource } from 'typeorm';
+import { Accounts } from './accounts.js';
+import { type Clock, systemClock } from './clock.js';
+import type { Config } from './config.js';
+import { createDataSource } from './db.js';
+import { apiRouter, errorHandler } from './http/api.js';
+import { type Logger, createLogger } from './log.js';
+import { MeterService } from './metering/meter-service.js';
+import { LocalPresence, type PresenceStore } from './metering/presence.js';
+import { TimeRecords } from './metering/records.js';
+import { SettlementService } from './metering/settlement.js';
+import { Ticker } from './metering/ticker.js';
+import { Metrics } from './metrics.js';
+import { type ChatServer, attachRealtime, createPublisher } from './realtime/socket-server.js';
+import { Tokens } from './tokens.js';
+
+/** Things a caller may supply instead of the defaults (tests, benchmarks). */
+export interface AppDeps {
+  /** An initialized data source to use (not destroyed by `close`). */
+  dataSource?: DataSource;
+  clock?: Clock;
+  logger?: Logger;
+  nodeId?: string;
+  /** Key prefix of the socket.io Redis adapter (tests isolate themselves with a random one). */
+  redisKeyPrefix?: string;
+  rateLimit?: { perSocket: number; perPrincipal: number };
+  /** Phase buckets per tick. */
+  tickBuckets?: number;
+}
+
+/** A built node. */
+export interface App {
+  nodeId: string;
+  http: HttpServer;
+  io: ChatServer;
+  ds: DataSource;
+  log: Logger;
+  metrics: Metrics;
+  ticker: Ticker;
+  services: { accounts: Accounts; engine: SettlementService; meters: MeterService; records: TimeRecords; presence: PresenceStore; tokens: Tokens };
+  /** Starts the ticker and listens on `port` (0 for an ephemeral one); resolves to the bound port. */
+  listen(port: number): Promise<number>;
+  /**
+   * Ordered shutdown: unready, stop accepting, settle every open meter, close sockets,
+   * Redis, then the database. With `exit`, ends the process afterwards.
+   */
+  close(opts?: { exit?: boolean }): Promise<void>;
+}
+
+/** Builds a node from its configuration; runs migrations before anything else. */
+export async function createApp(config: Config, deps: AppDeps = {}): Promise<App> {
+  const nodeId = deps.nodeId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const log = deps.logger ?? createLogger(config.logLevel, nodeId);
+  const clock = deps.clock ?? systemClock;
+  const metrics = new Metrics();
+
+  const ownsDs = !deps.dataSource;
+  const ds = deps.dataSource ?? (await createDataSource(config));
+  if (!ds.isInitialized) await ds.initialize();
+  const applied = await ds.runMigrations({ transaction: 'each' });
+  if (applied.length) log.info({ migrations: applied.map((m) => m.name) }, 'migrations applied');
+
+  const policy = { abandonTimeoutMs: config.abandonTimeoutMs, lowBalanceSeconds: config.lowBalanceSeconds };
+  const accounts = new Accounts(ds, { freeTimeSeconds: config.freeTimeSeconds });
+  const engine = new SettlementService(ds, policy);
+  const records = new TimeRecords(ds);
+  const tokens = new Tokens(config.jwtSecret);
+  const presence = new LocalPresence(config);
+
+  let ready = false;
+  let closing = false;
+  const app = express();
+  app.disable('x-powered-by');
+  app.use(helmet());
+  app.use(express.json({ limit: '16kb' }));
+  app.get('/healthz', (_req, res) => {
+    res.json({ ok: true, node: nodeId });
+  });
+  app.get('/readyz', async (_req, res) => {
+    const checks: Record<string, boolean> = { database: false };
+    try {
+      await ds.query('SELECT 1');
+      checks.database = true;
+    } catch (err) {
+      log.warn({ err }, 'readiness: database unreachable');
+    }
+    if (redis) checks.redis = redis.pub.isReady && redis.sub.isReady;
+    const ok = ready && !closing && Object.values(checks).every(Boolean);
+    res.status(ok ? 200 : 503).json({ ok, checks });
+  });
+  app.get('/metrics', async (_req, res) => {
+    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  const http = createServer(app);
+  const io: ChatServer = new Server(http, {
+    maxHttpBufferSize: 16 * 1024,
+    cors: config.corsOrigins.length ? { origin: config.corsOrigins, credentials: false } : undefined,
+    // CORS alone doesn't protect websockets: refuse handshakes from foreign browser origins
+    allowRequest: (req, cb) => cb(null, originAllowed(req.headers.origin, req.headers.host, config.corsOrigins)),
+  });
+
+  const redis = config.redisUrl ? await connectRedis(config.redisUrl, log, metrics) : null;
+  if (redis) io.adapter(createAdapter(redis.pub, redis.sub, { key: deps.redisKeyPrefix ?? 'chatmeter' }));
+
+  const publish = createPublisher(io, log, metrics);
+  const ticker = new Ticker({
+    clock,
+    engine,
+    presence,
+    log,
+    metrics,
+    publish,
+    tickMs: config.meterTickMs,
+    buckets: deps.tickBuckets,
+    loadActiveChatIds: async () => (await ds.query(`SELECT id FROM chats WHERE status = 'active' ORDER BY id`)).map((r: { id: string }) => r.id),
+  });
+  const meters = new MeterService(accounts, engine, records, presence, ticker, clock);
+  attachRealtime(io, {
+    tokens,
+    accounts,
+    engine,
+    meters,
+    presence,
+    metrics,
+    log,
+    clock,
+    heartbeatIntervalMs: config.heartbeatIntervalMs,
+    rateLimit: deps.rateLimit,
+    isClosing: () => closing,
+  });
+
+  app.use(
+    '/v1',
+    apiRouter({
+      apiKey: config.apiKey,
+      ds,
+      accounts,
+      engine,
+      meters,
+      records,
+      tokens,
+      clock,
+      log,
+      notifyBalance: (userId, balance) => io.to(`user:${userId}`).emit('balance', { userId, balance }),
+    }),
+  );
+  app.use((_req, res) => {
+    res.status(404).json({ error: { code: 'not_found', message: 'no such route' } });
+  });
+  app.use(errorHandler(log));
+
+  return {
+    nodeId,
+    http,
+    io,
+    ds,
+    log,
+    metrics,
+    ticker,
+    services: { accounts, engine, meters, records, presence, tokens },
+    async listen(port) {
+      await ticker.start();
+      await new Promise<void>((resolve, reject) => {
+        http.once('error', reject);
+        http.listen(port, () => resolve());
+      });
+      ready = true;
+      const bound = (http.address() as { port: number }).port;
+      log.info({ port: bound, chats: ticker.size }, 'listening');
+      return bound;
+    },
+    async close(opts = {}) {
+      if (closing) return;
+      closing = true;
+      ready = false;
+      log.info({ chats: ticker.size }, 'shutting down');
+      const stopped = new Promise<void>((resolve) => http.close(() => resolve()));
+      await ticker.stop();
+      try {
+        await ticker.settleAll();
+      } catch (err) {
+        log.error({ err }, 'final settlement failed; the next node to start picks these chats up');
+      }
+      io.disconnectSockets(true);
+      await new Promise<void>((resolve) => io.close(() => resolve()));
+      http.closeAllConnections();
+      await stopped;
+      if (redis) await Promise.allSettled([redis.pub.close(), redis.sub.close()]);
+      if (ownsDs && ds.isInitialized) await ds.destroy();
+      log.info('shut down');
+      if (opts.exit) process.exit(0);
+    },
+  };
+}
+
+/** Same-origin or listed origins; requests without an Origin (not from a browser) pass. */
+export function originAllowed(origin: string | undefined, host: string | undefined, allowed: string[]): boolean {
+  if (!origin) return true;
+  if (allowed.includes(origin) || allowed.includes('*')) return true;
+  try {
+    return new URL(origin).host === host;
+  } catch {
+    return false;
+  }
+}
+
+interface RedisPair {
+  pub: RedisClientType;
+  sub: RedisClientType;
+}
+
+/**
+ * Publisher and subscriber for the socket.io adapter. Every client has an error
+ * listener (without one a dropped connection kills the process), and a failed
+ * publish is logged, counted and dropped instead of left unhandled: nodes survive
+ * a Redis restart and resubscribe by themselves.
+ */
+async function connectRedis(url: string, log: Logger, metrics: Metrics): Promise<RedisPair> {
+  const pub: RedisClientType = createClient({ url });
+  const sub: RedisClientType = pub.duplicate();
+  for (const [name, c] of [['pub', pub], ['sub', sub]] as const) {
+    c.on('error', (err: unknown) => {
+      metrics.backgroundErrors.inc({ where: 'redis' });
+      log.warn({ err, client: name }, 'redis error');
+    });
+  }
+  await Promise.all([pub.connect(), sub.connect()]);
+  const publish = pub.publish.bind(pub);
+  (pub as { publish: unknown }).publish = ((...args: Parameters<typeof publish>) =>
+    publish(...args).catch((err: unknown) => {
+      metrics.backgroundErrors.inc({ where: 'redis_publish' });
+      log.warn({ err }, 'redis publish failed; packet dropped');
+      return 0;
+    })) as typeof pub.publish;
+  return { pub, sub };
+}

@@ -1,0 +1,208 @@
+/**
+ * The HTTP API of SPEC section 3: API-key auth, validation with the shared
+ * schemas, one error catalogue. Routes validate → call the same services as the
+ * socket handlers → respond.
+ */
+import { timingSafeEqual, createHash } from 'node:crypto';
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { z } from 'zod';
+import { ErrorCode } from '../../client-sdk/src/protocol.js';
+import type { Accounts } from '../accounts.js';
+import type { Clock } from '../clock.js';
+import { BadRequestError, DomainError, NotFoundError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { MeterService } from '../metering/meter-service.js';
+import type { TimeRecords } from '../metering/records.js';
+import { type LedgerEntryView, type SettlementService, toLedgerView } from '../metering/settlement.js';
+import type { Tokens } from '../tokens.js';
+import { AmountString, Id, describeIssues } from '../validation.js';
+import { parseAmount } from '../money.js';
+import type { DataSource } from 'typeorm';
+
+/** HTTP status of each error code. */
+export const HTTP_STATUS: Record<ErrorCode, number> = {
+  bad_request: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  payload_too_large: 413,
+  unprocessable: 422,
+  rate_limited: 429,
+  internal: 500,
+};
+
+/** The collaborators of the API. */
+export interface ApiDeps {
+  apiKey: string;
+  ds: DataSource;
+  accounts: Accounts;
+  engine: SettlementService;
+  meters: MeterService;
+  records: TimeRecords;
+  tokens: Tokens;
+  clock: Clock;
+  log: Logger;
+  /** Tells the user's sockets about a balance change not caused by a tick. */
+  notifyBalance: (userId: string, balance: string) => void;
+}
+
+const UserBody = z.object({ name: z.string().max(200).optional(), balance: AmountString.optional() });
+const CreditsBody = z.object({ amount: AmountString, idempotencyKey: z.string().min(1).max(200) });
+const AdvisorBody = z.object({
+  name: z.string().max(200).optional(),
+  ratePerMinute: AmountString,
+  freeSeconds: z.number().int().min(0).max(10_000_000).optional(),
+});
+const ChatBody = z.object({ id: Id, userId: Id, advisorId: Id });
+const TokenBody = z.object({
+  sub: Id,
+  role: z.enum(['user', 'advisor']),
+  ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
+});
+const LedgerQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(50),
+  cursor: z.string().regex(/^\d{1,19}$/, 'must be a nextCursor returned by this route').optional(),
+});
+
+function parse<S extends z.ZodType>(schema: S, value: unknown): z.infer<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new BadRequestError(describeIssues(r.error));
+  return r.data;
+}
+
+const id = (req: Request, name: string): string => parse(Id, req.params[name]);
+
+/** The `/v1` router. */
+export function apiRouter(d: ApiDeps): Router {
+  const r = express.Router();
+  const expected = createHash('sha256').update(d.apiKey).digest();
+
+  r.use((req, _res, next) => {
+    const header = req.get('authorization') ?? '';
+    const m = /^Bearer (.+)$/.exec(header);
+    const given = createHash('sha256').update(m?.[1] ?? '').digest();
+    if (!m || !timingSafeEqual(given, expected)) {
+      return next(new DomainError(ErrorCode.Unauthorized, 'missing or wrong API key (Authorization: Bearer <key>)'));
+    }
+    next();
+  });
+
+  r.put('/users/:id', async (req, res) => {
+    const body = parse(UserBody, req.body);
+    const { user, created } = await d.accounts.putUser(id(req, 'id'), body);
+    res.status(created ? 201 : 200).json(user);
+  });
+
+  r.get('/users/:id', async (req, res) => {
+    res.json(await d.accounts.getUser(id(req, 'id')));
+  });
+
+  r.post('/users/:id/credits', async (req, res) => {
+    const userId = id(req, 'id');
+    const body = parse(CreditsBody, req.body);
+    if (parseAmount(body.amount) <= 0n) throw new DomainError(ErrorCode.Unprocessable, 'amount must be greater than 0');
+    const result = await d.engine.topUp(userId, body.amount, body.idempotencyKey);
+    if (!result.replayed) d.notifyBalance(userId, result.balance);
+    res.status(result.replayed ? 200 : 201).json({ entry: result.entry, balance: result.balance });
+  });
+
+  r.get('/users/:id/ledger', async (req, res) => {
+    const userId = id(req, 'id');
+    const q = parse(LedgerQuery, req.query);
+    await d.accounts.getUser(userId);
+    const rows = await d.ds.query(
+      `SELECT * FROM ledger_entries WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2::bigint)
+        ORDER BY id DESC LIMIT $3`,
+      [userId, q.cursor ?? null, q.limit + 1],
+    );
+    const items: LedgerEntryView[] = rows.slice(0, q.limit).map(toLedgerView);
+    res.json({ items, nextCursor: rows.length > q.limit ? items[items.length - 1]!.id : null });
+  });
+
+  r.put('/advisors/:id', async (req, res) => {
+    const body = parse(AdvisorBody, req.body);
+    const { advisor, created } = await d.accounts.putAdvisor(id(req, 'id'), body);
+    res.status(created ? 201 : 200).json(advisor);
+  });
+
+  r.get('/advisors/:id', async (req, res) => {
+    res.json(await d.accounts.getAdvisor(id(req, 'id')));
+  });
+
+  r.post('/chats', async (req, res) => {
+    const body = parse(ChatBody, req.body);
+    const { chat, created } = await d.accounts.createChat(body);
+    res.status(created ? 201 : 200).json(chat);
+  });
+
+  r.post('/chats/:id/start', async (req, res) => {
+    res.json(await d.meters.command(id(req, 'id'), { kind: 'start' }));
+  });
+  r.post('/chats/:id/pause', async (req, res) => {
+    res.json(await d.meters.command(id(req, 'id'), { kind: 'pause' }));
+  });
+  r.post('/chats/:id/resume', async (req, res) => {
+    res.json(await d.meters.command(id(req, 'id'), { kind: 'resume' }));
+  });
+  r.post('/chats/:id/end', async (req, res) => {
+    res.json(await d.meters.command(id(req, 'id'), { kind: 'end', reason: 'ended_by_platform' }));
+  });
+
+  r.get('/chats/:id', async (req, res) => {
+    res.json(await d.meters.chatDetails(id(req, 'id')));
+  });
+
+  r.get('/chats/:id/meter', async (req, res) => {
+    const chatId = id(req, 'id');
+    await d.accounts.getChat(chatId);
+    const meter = await d.meters.meter(chatId);
+    if (!meter) throw new NotFoundError(`chat ${chatId} has no time record yet (no one joined it)`);
+    res.json(meter);
+  });
+
+  r.get('/chats/:id/time-record', async (req, res) => {
+    const chatId = id(req, 'id');
+    await d.accounts.getChat(chatId);
+    const record = await d.records.ofChat(chatId);
+    if (!record) throw new NotFoundError(`chat ${chatId} has no time record yet (no one joined it)`);
+    res.json(record);
+  });
+
+  r.get('/users/:uid/advisors/:aid/time-records', async (req, res) => {
+    res.json(await d.records.ofPair(id(req, 'uid'), id(req, 'aid')));
+  });
+
+  r.post('/tokens', async (req, res) => {
+    const body = parse(TokenBody, req.body);
+    res.status(201).json(await d.tokens.sign({ sub: body.sub, role: body.role }, body.ttlSeconds ?? 3600, d.clock.now()));
+  });
+
+  r.use((_req, _res, next) => next(new NotFoundError('no such route')));
+  return r;
+}
+
+/** Turns any error into `{ error: { code, message } }` with its status. */
+export function errorHandler(log: Logger) {
+  return (err: unknown, req: Request, res: Response, _next: NextFunction): void => {
+    let code: ErrorCode = ErrorCode.Internal;
+    let message = 'internal error';
+    const e = err as { type?: string; status?: number; message?: string };
+    if (err instanceof DomainError) {
+      code = err.code;
+      message = err.message;
+    } else if (e?.type === 'entity.too.large') {
+      code = ErrorCode.PayloadTooLarge;
+      message = 'request body too large';
+    } else if (e?.type === 'entity.parse.failed' || e?.status === 400) {
+      code = ErrorCode.BadRequest;
+      message = 'malformed JSON body';
+    } else if (e?.type === 'encoding.unsupported' || e?.type === 'charset.unsupported' || e?.status === 415) {
+      code = ErrorCode.BadRequest;
+      message = e.message ?? 'unsupported body encoding';
+    } else {
+      log.error({ err, method: req.method, path: req.path }, 'request failed');
+    }
+    res.status(HTTP_STATUS[code]).json({ error: { code, message } });
+  };
+}

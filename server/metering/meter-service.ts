@@ -1,0 +1,68 @@
+/**
+ * The one path for everything that changes or reads a chat's meter, shared by
+ * socket handlers and HTTP routes: a chat started over HTTP or over a socket goes
+ * through the same code.
+ */
+import type { ChatView, MeterSnapshot, TimeRecordView } from '../../client-sdk/src/protocol.js';
+import type { Accounts } from '../accounts.js';
+import type { Clock } from '../clock.js';
+import { DomainError } from '../errors.js';
+import type { PresenceStore } from './presence.js';
+import type { TimeRecords } from './records.js';
+import type { Command } from './rules.js';
+import type { SettlementService } from './settlement.js';
+import type { Ticker } from './ticker.js';
+
+/** A chat with its live meter. */
+export interface ChatWithMeter {
+  chat: ChatView;
+  meter: MeterSnapshot;
+}
+
+/** Commands, presence changes and reads of meters. */
+export class MeterService {
+  constructor(
+    private readonly accounts: Accounts,
+    private readonly engine: SettlementService,
+    private readonly records: TimeRecords,
+    private readonly presence: PresenceStore,
+    private readonly ticker: Ticker,
+    private readonly clock: Clock,
+  ) {}
+
+  /**
+   * Applies a state command (initializing time tracking first, rule 7), settles
+   * the chat up to now, publishes the change and returns the chat and its meter.
+   * @throws NotFoundError, ConflictError
+   */
+  async command(chatId: string, cmd: Command): Promise<ChatWithMeter> {
+    const chat = await this.accounts.getChat(chatId);
+    await this.engine.initializeTimeTrackingForChat(chat.userId, chat.advisorId, chatId);
+    const [outcome] = await this.ticker.settleNow([{ chatId, command: cmd }]);
+    if (!outcome) throw new DomainError('internal', `no outcome for chat ${chatId}`);
+    if (!outcome.ok) throw outcome.error;
+    return { chat: await this.accounts.getChat(chatId), meter: outcome.meter };
+  }
+
+  /**
+   * Settles a chat whose presence changed (joined, came back, left) so the meter
+   * stops or starts at that moment and its new state goes out at once.
+   */
+  async presenceChanged(chatId: string): Promise<MeterSnapshot | null> {
+    const [outcome] = await this.ticker.settleNow([{ chatId }]);
+    return outcome?.ok ? outcome.meter : null;
+  }
+
+  /** The chat's meter without settling; null before its time record exists. */
+  async meter(chatId: string): Promise<MeterSnapshot | null> {
+    const now = this.clock.now();
+    return this.engine.readMeter(chatId, await this.presence.span(chatId, now), now);
+  }
+
+  /** The chat, its record and its meter (record and meter null before the first join). */
+  async chatDetails(chatId: string): Promise<{ chat: ChatView; record: TimeRecordView | null; meter: MeterSnapshot | null }> {
+    const chat = await this.accounts.getChat(chatId);
+    const [record, meter] = await Promise.all([this.records.ofChat(chatId), this.meter(chatId)]);
+    return { chat, record, meter };
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * Who is present in which chat (rule 5). Only the chat's user counts: an advisor's
+ * sockets never keep a meter running. Behind an interface so a Redis-backed store
+ * can share presence across nodes; every method is async for that reason.
+ */
+import type { PresenceSpan } from './rules.js';
+
+/** Presence of users in chats, as sockets join, heartbeat, leave and disconnect. */
+export interface PresenceStore {
+  /** A socket of the chat's user joined the chat; counts as a heartbeat. True when presence (re)started. */
+  join(chatId: string, socketId: string, now: number): Promise<boolean>;
+  /** A heartbeat of a joined socket. Returns null when the socket has not joined; else whether presence (re)started. */
+  heartbeat(chatId: string, socketId: string, now: number): Promise<boolean | null>;
+  /** The socket left the chat (or disconnected). True when it was the user's last present socket there. */
+  leave(chatId: string, socketId: string, now: number): Promise<boolean>;
+  /** The current (or latest) span of presence in the chat; null when never seen. */
+  span(chatId: string, now: number): Promise<PresenceSpan | null>;
+  /** Spans of many chats at once (one round trip on a shared store). */
+  spans(chatIds: string[], now: number): Promise<Map<string, PresenceSpan | null>>;
+}
+
+/** How long a heartbeat keeps a socket present: interval plus grace. */
+export interface PresenceTiming {
+  heartbeatIntervalMs: number;
+  heartbeatGraceMs: number;
+}
+
+interface ChatPresence {
+  /** Joined sockets and their latest heartbeat. */
+  sockets: Map<string, number>;
+  since: number;
+  /** The end of presence contributed by sockets that already left. */
+  closedUntil: number;
+  lastHeartbeatAt: number;
+}
+
+/** Presence in this process's memory: one node. */
+export class LocalPresence implements PresenceStore {
+  private readonly chats = new Map<string, ChatPresence>();
+
+  constructor(private readonly timing: PresenceTiming) {}
+
+  private get ttl(): number {
+    return this.timing.heartbeatIntervalMs + this.timing.heartbeatGraceMs;
+  }
+
+  private until(p: ChatPresence): number {
+    let until = p.closedUntil;
+    for (const hb of p.sockets.values()) until = Math.max(until, hb + this.ttl);
+    return until;
+  }
+
+  private touch(chatId: string, socketId: string, now: number): boolean {
+    let p = this.chats.get(chatId);
+    const restarted = !p || this.until(p) <= now;
+    if (!p) {
+      p = { sockets: new Map(), since: now, closedUntil: -Infinity, lastHeartbeatAt: now };
+      this.chats.set(chatId, p);
+    } else if (restarted) {
+      // a new span: what came before it is a gap, never billed
+      p.since = now;
+      p.closedUntil = -Infinity;
+      for (const id of p.sockets.keys()) p.sockets.set(id, -Infinity);
+    }
+    p.sockets.set(socketId, now);
+    p.lastHeartbeatAt = now;
+    return restarted;
+  }
+
+  async join(chatId: string, socketId: string, now: number): Promise<boolean> {
+    return this.touch(chatId, socketId, now);
+  }
+
+  async heartbeat(chatId: string, socketId: string, now: number): Promise<boolean | null> {
+    if (!this.chats.get(chatId)?.sockets.has(socketId)) return null;
+    return this.touch(chatId, socketId, now);
+  }
+
+  async leave(chatId: string, socketId: string, now: number): Promise<boolean> {
+    const p = this.chats.get(chatId);
+    const hb = p?.sockets.get(socketId);
+    if (!p || hb === undefined) return false;
+    const wasPresent = this.until(p) > now;
+    p.sockets.delete(socketId);
+    // the socket stops counting now, or earlier if its heartbeats had already lapsed
+    p.closedUntil = Math.max(p.closedUntil, Math.min(now, hb + this.ttl));
+    return wasPresent && this.until(p) <= now;
+  }
+
+  async span(chatId: string): Promise<PresenceSpan | null> {
+    const p = this.chats.get(chatId);
+    if (!p) return null;
+    return { since: p.since, until: this.until(p), lastHeartbeatAt: p.lastHeartbeatAt };
+  }
+
+  async spans(chatIds: string[], now: number): Promise<Map<string, PresenceSpan | null>> {
+    const out = new Map<string, PresenceSpan | null>();
+    for (const id of chatIds) out.set(id, await this.span(id));
+    void now;
+    return out;
+  }
+
+  /** Forgets an ended chat. */
+  forget(chatId: string): void {
+    this.chats.delete(chatId);
+  }
+}

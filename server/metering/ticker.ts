@@ -1,0 +1,158 @@
+/**
+ * The clock-driven loop. Every tick settles each metered chat once, spread over
+ * the tick in phase buckets (`hash(chatId) % buckets`, each due at its own offset)
+ * so database work and pushes flow evenly instead of bursting. Slots are computed
+ * from the clock, never by chaining `setTimeout(tick, period)` after work, so ticks
+ * don't drift; a slow slot delays the next one instead of overlapping it.
+ */
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import type { PresenceStore } from './presence.js';
+import type { SettleItem, SettleOutcome, SettlementService } from './settlement.js';
+
+/** What the ticker reports to metrics. */
+export interface TickerMetrics {
+  observeSlot(seconds: number, chats: number): void;
+  settlementError(): void;
+  activeChatsCount(n: number): void;
+}
+
+/** The ticker's collaborators. */
+export interface TickerDeps {
+  clock: Clock;
+  engine: SettlementService;
+  presence: PresenceStore;
+  log: Logger;
+  metrics: TickerMetrics;
+  /** Sends the outcomes' meters and events to sockets. */
+  publish: (outcomes: SettleOutcome[]) => void;
+  /** Ids of every chat to meter when the ticker starts (active chats after a restart). */
+  loadActiveChatIds: () => Promise<string[]>;
+  tickMs: number;
+  /** Phase buckets per tick. */
+  buckets?: number;
+}
+
+/** Settles chats on the clock's schedule and on demand. */
+export class Ticker {
+  private readonly chats = new Map<string, number>();
+  private readonly buckets: number;
+  private readonly sliceMs: number;
+  private origin = 0;
+  private timer: unknown = null;
+  private running: Promise<void> | null = null;
+  private stopped = true;
+  /** Absence before this instant doesn't count towards abandonment. */
+  readonly startedAt: number;
+
+  constructor(private readonly d: TickerDeps) {
+    this.buckets = Math.max(1, Math.min(d.buckets ?? 10, d.tickMs));
+    this.sliceMs = d.tickMs / this.buckets;
+    this.startedAt = d.clock.now();
+  }
+
+  /** Loads the chats to meter and starts the schedule. */
+  async start(): Promise<void> {
+    for (const id of await this.d.loadActiveChatIds()) this.track(id);
+    this.stopped = false;
+    this.origin = this.d.clock.now();
+    this.schedule();
+  }
+
+  /** Stops the schedule and waits for a slot in progress. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== null) this.d.clock.clearTimeout(this.timer);
+    this.timer = null;
+    await this.running;
+  }
+
+  /** Meters this chat from the next tick on. */
+  track(chatId: string): void {
+    if (!this.chats.has(chatId)) this.chats.set(chatId, bucketOf(chatId, this.buckets));
+    this.d.metrics.activeChatsCount(this.chats.size);
+  }
+
+  /** Stops metering this chat. */
+  untrack(chatId: string): void {
+    this.chats.delete(chatId);
+    this.d.metrics.activeChatsCount(this.chats.size);
+  }
+
+  /** Chats being metered. */
+  get size(): number {
+    return this.chats.size;
+  }
+
+  /**
+   * Settles these chats now (a command, a presence change) and publishes the
+   * outcomes. Errors propagate to the caller.
+   */
+  async settleNow(items: Array<Omit<SettleItem, 'presence'>>): Promise<SettleOutcome[]> {
+    const now = this.d.clock.now();
+    const spans = await this.d.presence.spans(items.map((i) => i.chatId), now);
+    const outcomes = await this.d.engine.settleBatch(
+      items.map((i) => ({ ...i, presence: spans.get(i.chatId) ?? null })),
+      now,
+      { observedSince: this.startedAt },
+    );
+    this.absorb(outcomes);
+    return outcomes;
+  }
+
+  /** Settles every metered chat once (at shutdown). */
+  async settleAll(): Promise<void> {
+    const ids = [...this.chats.keys()];
+    for (let i = 0; i < ids.length; i += 500) {
+      await this.settleNow(ids.slice(i, i + 500).map((chatId) => ({ chatId })));
+    }
+  }
+
+  private absorb(outcomes: SettleOutcome[]): void {
+    for (const o of outcomes) {
+      if (!o.ok) continue;
+      if (o.meter.state === 'ended') this.untrack(o.chatId);
+      else if (o.meter.state !== 'pending') this.track(o.chatId);
+    }
+    this.d.publish(outcomes);
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    const now = this.d.clock.now();
+    const slot = Math.floor((now - this.origin) / this.sliceMs) + 1;
+    const due = this.origin + slot * this.sliceMs;
+    this.timer = this.d.clock.setTimeout(() => {
+      this.timer = null;
+      this.running = this.runSlot(slot % this.buckets).finally(() => {
+        this.running = null;
+        this.schedule();
+      });
+    }, Math.max(0, due - now));
+  }
+
+  private async runSlot(bucket: number): Promise<void> {
+    const ids: string[] = [];
+    for (const [id, b] of this.chats) if (b === bucket) ids.push(id);
+    if (ids.length === 0) return;
+    const started = performance.now();
+    try {
+      await this.settleNow(ids.map((chatId) => ({ chatId })));
+    } catch (err) {
+      this.d.metrics.settlementError();
+      this.d.log.error({ err, bucket, chats: ids.length, chatIds: ids.slice(0, 20) }, 'tick settlement failed');
+    } finally {
+      this.d.metrics.observeSlot((performance.now() - started) / 1000, ids.length);
+    }
+  }
+}
+
+/** A stable bucket for a chat id (FNV-1a). */
+export function bucketOf(chatId: string, buckets: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < chatId.length; i++) {
+    h ^= chatId.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0) % buckets;
+}

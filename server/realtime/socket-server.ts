@@ -1,0 +1,240 @@
+/**
+ * socket.io: handshake auth, the client events of SPEC section 2 (validate → act →
+ * ack), rooms, and the pushes of settlement outcomes.
+ *
+ * Rooms: `chat:{chatId}` every socket that joined the chat; `pair:{userId}:{advisorId}`
+ * every tab of a user that joined any chat with that advisor (meters of all the
+ * pair's chats go there); `user:{userId}` all of a user's sockets (balance events);
+ * `advisor:{advisorId}` all of an advisor's sockets (the dashboard).
+ */
+import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
+import type { Server, Socket } from 'socket.io';
+import type { z } from 'zod';
+import {
+  type ChatView,
+  type ClientToServerEvents,
+  ErrorCode,
+  type ServerToClientEvents,
+} from '../../client-sdk/src/protocol.js';
+import type { Accounts } from '../accounts.js';
+import type { Clock } from '../clock.js';
+import { BadRequestError, ConflictError, DomainError, ForbiddenError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { MeterService } from '../metering/meter-service.js';
+import type { PresenceStore } from '../metering/presence.js';
+import type { SettleOutcome, SettlementService } from '../metering/settlement.js';
+import type { Metrics } from '../metrics.js';
+import type { Principal, Tokens } from '../tokens.js';
+import { ChatRefSchema, describeIssues } from '../validation.js';
+
+/** What a socket carries after the handshake. */
+export interface SocketData {
+  principal: Principal;
+  /** Chats this socket joined, with their pair room. */
+  chats: Map<string, string>;
+}
+
+export type ChatServer = Server<ClientToServerEvents, ServerToClientEvents, Record<string, never>, SocketData>;
+type ChatSocket = Socket<ClientToServerEvents, ServerToClientEvents, Record<string, never>, SocketData>;
+
+/** The collaborators of the socket layer. */
+export interface RealtimeDeps {
+  tokens: Tokens;
+  accounts: Accounts;
+  engine: SettlementService;
+  meters: MeterService;
+  presence: PresenceStore;
+  metrics: Metrics;
+  log: Logger;
+  clock: Clock;
+  heartbeatIntervalMs: number;
+  /** Events per second allowed per socket and per principal. */
+  rateLimit?: { perSocket: number; perPrincipal: number };
+  /** True while the node shuts down: disconnects then settle nothing (the node settled already). */
+  isClosing: () => boolean;
+}
+
+const pairRoom = (userId: string, advisorId: string) => `pair:${userId}:${advisorId}`;
+const KNOWN_EVENTS = new Set(['chat:join', 'chat:leave', 'heartbeat', 'chat:start', 'chat:pause', 'chat:resume', 'chat:end']);
+
+/** Room names a chat's pushes go to. */
+export function meterRooms(userId: string, advisorId: string): string[] {
+  return [pairRoom(userId, advisorId), `advisor:${advisorId}`];
+}
+
+/** Sends settlement outcomes to the sockets that must see them. */
+export function createPublisher(io: ChatServer, log: Logger, metrics: Metrics): (outcomes: SettleOutcome[]) => void {
+  return (outcomes) => {
+    for (const o of outcomes) {
+      if (!o.ok) continue;
+      try {
+        const m = o.meter;
+        const rooms = meterRooms(m.userId, m.advisorId);
+        if (o.lowBalance) {
+          io.to(`user:${m.userId}`).emit('balance:low', { userId: m.userId, balance: m.balance, secondsAffordable: m.secondsAffordable });
+        }
+        if (o.push) io.to(rooms).emit('meter', m);
+        if (o.ended) {
+          io.to(rooms).emit('chat:ended', { chatId: m.chatId, reason: o.ended, meter: m });
+          log.info({ chatId: m.chatId, recordId: m.recordId, userId: m.userId, advisorId: m.advisorId, reason: o.ended }, 'chat ended');
+        }
+      } catch (err) {
+        metrics.backgroundErrors.inc({ where: 'publish' });
+        log.error({ err, chatId: o.chatId }, 'push failed');
+      }
+    }
+  };
+}
+
+/** Installs the handshake check and every client event handler on `io`. */
+export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
+  const limits = d.rateLimit ?? { perSocket: 20, perPrincipal: 60 };
+  const perSocket = new RateLimiterMemory({ points: limits.perSocket, duration: 1 });
+  const perPrincipal = new RateLimiterMemory({ points: limits.perPrincipal, duration: 1 });
+
+  io.use((socket, next) => {
+    const auth = socket.handshake.auth as { token?: unknown } | undefined;
+    d.tokens
+      .verify(auth?.token)
+      .then((principal) => {
+        if (!principal) {
+          d.metrics.rejectedEvents.inc({ code: ErrorCode.Unauthorized });
+          return next(new Error(ErrorCode.Unauthorized));
+        }
+        socket.data.principal = principal;
+        socket.data.chats = new Map();
+        next();
+      })
+      .catch((err: unknown) => {
+        d.log.error({ err }, 'handshake check failed');
+        next(new Error(ErrorCode.Unauthorized));
+      });
+  });
+
+  io.on('connection', (socket: ChatSocket) => {
+    const { principal } = socket.data;
+    d.metrics.sockets.inc();
+    void socket.join(principal.role === 'user' ? `user:${principal.sub}` : `advisor:${principal.sub}`);
+    const log = d.log.child({ socketId: socket.id, [principal.role === 'user' ? 'userId' : 'advisorId']: principal.sub });
+
+    /** Registers a handler: rate limit → validate → act → ack, every failure answered with a code. */
+    const handle = <S extends z.ZodType, R extends object>(event: keyof ClientToServerEvents, schema: S, act: (p: z.infer<S>) => Promise<R>) => {
+      socket.on(event, async (...args: unknown[]) => {
+        const ack = typeof args[args.length - 1] === 'function' ? (args.pop() as (a: unknown) => void) : undefined;
+        try {
+          await consume(perSocket, socket.id);
+          await consume(perPrincipal, `${principal.role}:${principal.sub}`);
+          const parsed = schema.safeParse(args[0]);
+          if (!parsed.success) throw new BadRequestError(`${event}: ${describeIssues(parsed.error)}`);
+          const result = await act(parsed.data);
+          ack?.({ ok: true, ...result });
+        } catch (err) {
+          const code = err instanceof DomainError ? err.code : ErrorCode.Internal;
+          d.metrics.rejectedEvents.inc({ code });
+          if (code === ErrorCode.Internal) log.error({ err, event }, 'event failed');
+          else log.debug({ event, code, msg: (err as Error).message }, 'event refused');
+          ack?.({ ok: false, error: { code, message: code === ErrorCode.Internal ? 'internal error' : (err as Error).message } });
+        }
+      });
+    };
+
+    socket.onAny((event: string, ...args: unknown[]) => {
+      if (KNOWN_EVENTS.has(event)) return;
+      d.metrics.rejectedEvents.inc({ code: ErrorCode.BadRequest });
+      const ack = args[args.length - 1];
+      if (typeof ack === 'function') ack({ ok: false, error: { code: ErrorCode.BadRequest, message: `unknown event ${String(event).slice(0, 64)}` } });
+    });
+
+    const memberChat = async (chatId: string): Promise<ChatView> => {
+      const chat = await d.accounts.getChat(chatId);
+      const mine = principal.role === 'user' ? chat.userId === principal.sub : chat.advisorId === principal.sub;
+      if (!mine) throw new ForbiddenError(`chat ${chatId} is not yours`);
+      return chat;
+    };
+    const advisorChat = async (chatId: string): Promise<ChatView> => {
+      if (principal.role !== 'advisor') throw new ForbiddenError('only the chat\'s advisor may do this');
+      return memberChat(chatId);
+    };
+
+    handle('chat:join', ChatRefSchema, async ({ chatId }) => {
+      const chat = await memberChat(chatId);
+      await d.engine.initializeTimeTrackingForChat(chat.userId, chat.advisorId, chatId);
+      const rooms = [`chat:${chatId}`];
+      if (principal.role === 'user') rooms.push(pairRoom(chat.userId, chat.advisorId));
+      await socket.join(rooms);
+      socket.data.chats.set(chatId, pairRoom(chat.userId, chat.advisorId));
+      let meter = null;
+      if (principal.role === 'user' && chat.status !== 'ended') {
+        const started = await d.presence.join(chatId, socket.id, d.clock.now());
+        if (started && chat.status === 'active') meter = await d.meters.presenceChanged(chatId);
+      }
+      meter ??= await d.meters.meter(chatId);
+      log.info({ chatId, recordId: meter?.recordId, event: 'chat:join' }, 'joined chat');
+      return { chat: await d.accounts.getChat(chatId), meter, heartbeatIntervalMs: d.heartbeatIntervalMs };
+    });
+
+    handle('heartbeat', ChatRefSchema, async ({ chatId }) => {
+      if (principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
+      if (!socket.data.chats.has(chatId)) throw new ConflictError(`join chat ${chatId} before sending heartbeats`);
+      const now = d.clock.now();
+      const restarted = await d.presence.heartbeat(chatId, socket.id, now);
+      if (restarted) await d.meters.presenceChanged(chatId);
+      return { serverTime: new Date(now).toISOString() };
+    });
+
+    handle('chat:leave', ChatRefSchema, async ({ chatId }) => {
+      if (!socket.data.chats.has(chatId)) throw new ConflictError(`chat ${chatId} was not joined`);
+      await leaveChat(chatId);
+      return {};
+    });
+
+    handle('chat:start', ChatRefSchema, async ({ chatId }) => {
+      await advisorChat(chatId);
+      return d.meters.command(chatId, { kind: 'start' });
+    });
+    handle('chat:pause', ChatRefSchema, async ({ chatId }) => {
+      await advisorChat(chatId);
+      return d.meters.command(chatId, { kind: 'pause' });
+    });
+    handle('chat:resume', ChatRefSchema, async ({ chatId }) => {
+      await advisorChat(chatId);
+      return d.meters.command(chatId, { kind: 'resume' });
+    });
+    handle('chat:end', ChatRefSchema, async ({ chatId }) => {
+      await memberChat(chatId);
+      return d.meters.command(chatId, { kind: 'end', reason: principal.role === 'user' ? 'ended_by_user' : 'ended_by_advisor' });
+    });
+
+    /** Leaves a chat's rooms; when the user's last present socket leaves, the meter stops now. */
+    async function leaveChat(chatId: string): Promise<void> {
+      const pair = socket.data.chats.get(chatId);
+      socket.data.chats.delete(chatId);
+      void socket.leave(`chat:${chatId}`);
+      if (pair && ![...socket.data.chats.values()].includes(pair)) void socket.leave(pair);
+      if (principal.role === 'user') {
+        const last = await d.presence.leave(chatId, socket.id, d.clock.now());
+        if (last) await d.meters.presenceChanged(chatId);
+      }
+    }
+
+    socket.on('disconnect', () => {
+      d.metrics.sockets.dec();
+      if (d.isClosing()) return;
+      for (const chatId of [...socket.data.chats.keys()]) {
+        leaveChat(chatId).catch((err: unknown) => {
+          d.metrics.backgroundErrors.inc({ where: 'disconnect' });
+          log.error({ err, chatId }, 'leaving a chat on disconnect failed');
+        });
+      }
+    });
+  });
+}
+
+async function consume(limiter: RateLimiterMemory, key: string): Promise<void> {
+  try {
+    await limiter.consume(key);
+  } catch (err) {
+    if (err instanceof RateLimiterRes) throw new DomainError(ErrorCode.RateLimited, 'too many events; slow down');
+    throw err;
+  }
+}
