@@ -1,0 +1,112 @@
+import FakeTimers from '@sinonjs/fake-timers';
+import { expect } from 'chai';
+import { pino } from 'pino';
+import type { Clock } from '../server/clock.js';
+import { LocalPresence } from '../server/metering/presence.js';
+import type { SettleItem, SettleOutcome, SettlementService } from '../server/metering/settlement.js';
+import { Ticker, bucketOf } from '../server/metering/ticker.js';
+
+/** A settlement engine stand-in that records each call and can take (fake) time. */
+type FakeClock = ReturnType<typeof FakeTimers.createClock>;
+
+function fakeEngine(clock: FakeClock, workMs = 0, fail = false) {
+  const calls: Array<{ at: number; ids: string[] }> = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const engine = {
+    async settleBatch(items: SettleItem[], now: number): Promise<SettleOutcome[]> {
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      calls.push({ at: now, ids: items.map((i) => i.chatId) });
+      if (workMs) await new Promise((r) => clock.setTimeout(r, workMs));
+      inFlight--;
+      if (fail) throw new Error('database down');
+      return [];
+    },
+  };
+  return { engine: engine as unknown as SettlementService, calls, maxInFlight: () => maxInFlight };
+}
+
+function build(opts: { workMs?: number; fail?: boolean; chats: string[]; tickMs?: number; buckets?: number }) {
+  const clock = FakeTimers.createClock(1_000_000);
+  const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
+  const fake = fakeEngine(clock, opts.workMs, opts.fail);
+  const counts = { errors: 0, slots: 0 };
+  const ticker = new Ticker({
+    clock: asClock,
+    engine: fake.engine,
+    presence: new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 }),
+    log: pino({ level: 'silent' }),
+    metrics: { observeSlot: () => counts.slots++, settlementError: () => counts.errors++, activeChatsCount: () => {} },
+    publish: () => {},
+    loadActiveChatIds: async () => opts.chats,
+    tickMs: opts.tickMs ?? 1000,
+    buckets: opts.buckets ?? 10,
+  });
+  /** Stops the ticker while the fake clock lets an in-flight slot finish. */
+  const stop = async () => {
+    const stopping = ticker.stop();
+    await clock.tickAsync(1000);
+    await stopping;
+  };
+  return { clock, ticker, stop, ...fake, counts };
+}
+
+describe('ticker (fake clock)', () => {
+  const chats = Array.from({ length: 1000 }, (_, i) => `chat-${i}`);
+
+  it('settles every chat once per tick, spread over the tick in phase buckets', async () => {
+    const { clock, ticker, calls, stop } = build({ chats });
+    await ticker.start();
+    await clock.tickAsync(1000);
+    const seen = calls.flatMap((c) => c.ids).sort();
+    expect(seen).to.deep.equal([...chats].sort());
+    // ten slots, 100 ms apart, each with roughly a tenth of the chats
+    expect(calls.map((c) => c.at - 1_000_000)).to.deep.equal([100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]);
+    for (const c of calls) expect(c.ids.length).to.be.within(50, 150);
+    await stop();
+  });
+
+  it('does not drift when each slot takes time', async () => {
+    const { clock, ticker, calls, stop } = build({ chats, workMs: 37 });
+    await ticker.start();
+    await clock.tickAsync(10_000);
+    // slots stay on the 100 ms grid from the start, whatever the work takes
+    expect(calls.length).to.equal(100);
+    for (const c of calls) expect((c.at - 1_000_000) % 100).to.equal(0);
+    await stop();
+  });
+
+  it('never overlaps a slow slot with the next one, and catches up on the grid', async () => {
+    const { clock, ticker, calls, maxInFlight, stop } = build({ chats, workMs: 250 });
+    await ticker.start();
+    await clock.tickAsync(3000);
+    expect(maxInFlight()).to.equal(1);
+    for (let i = 1; i < calls.length; i++) expect(calls[i]!.at - calls[i - 1]!.at).to.be.at.least(250);
+    for (const c of calls) expect((c.at - 1_000_000) % 100).to.equal(0);
+    await stop();
+  });
+
+  it('catches a failing settlement, counts it and keeps ticking', async () => {
+    const { clock, ticker, calls, counts, stop } = build({ chats: ['a', 'b', 'c'], fail: true, buckets: 1 });
+    await ticker.start();
+    await clock.tickAsync(3000);
+    expect(calls.length).to.equal(3);
+    expect(counts.errors).to.equal(3);
+    await stop();
+  });
+
+  it('stops scheduling after stop()', async () => {
+    const { clock, ticker, calls, stop } = build({ chats: ['a'], buckets: 1 });
+    await ticker.start();
+    await clock.tickAsync(2000);
+    await ticker.stop();
+    const n = calls.length;
+    await clock.tickAsync(5000);
+    expect(calls.length).to.equal(n);
+  });
+
+  it('puts a chat in the same bucket every time', () => {
+    for (const id of chats.slice(0, 50)) expect(bucketOf(id, 10)).to.equal(bucketOf(id, 10)).and.to.be.within(0, 9);
+  });
+});
