@@ -196,10 +196,14 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
         log.error({ err }, 'final settlement failed; the next node to start picks these chats up');
       }
       io.disconnectSockets(true);
-      await new Promise<void>((resolve) => io.close(() => resolve()));
+      // with Redis gone the adapter's unsubscribe never answers: don't let it hold the shutdown
+      await withTimeout(new Promise<void>((resolve) => io.close(() => resolve())), 2000);
       http.closeAllConnections();
       await stopped;
-      if (redis) await Promise.allSettled([redis.pub.close(), redis.sub.close()]);
+      if (redis) {
+        const closed = await withTimeout(Promise.allSettled([redis.pub.close(), redis.sub.close()]), 2000);
+        if (!closed) for (const c of [redis.pub, redis.sub]) if (c.isOpen) c.destroy();
+      }
       if (ownsDs && ds.isInitialized) await ds.destroy();
       log.info('shut down');
       if (opts.exit) process.exit(0);
@@ -215,6 +219,19 @@ export function originAllowed(origin: string | undefined, host: string | undefin
     return new URL(origin).host === host;
   } catch {
     return false;
+  }
+}
+
+/** Resolves true when `p` settles within `ms`, false otherwise (never rejects). */
+async function withTimeout(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

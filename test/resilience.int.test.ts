@@ -1,0 +1,102 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import { expect } from 'chai';
+import pg from 'pg';
+import { freshDatabase, type TestDb } from './support/db.js';
+import { type TestNode, call, eventually, startNode, waitFor } from './support/server.js';
+
+/** A free TCP port on loopback. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+const hasRedisServer = spawnSync('redis-server', ['--version']).status === 0;
+
+describe('resilience (real Postgres and a Redis of its own)', () => {
+  let db: TestDb;
+  let node: TestNode | null = null;
+
+  before(async () => {
+    db = await freshDatabase();
+  });
+  after(() => db.close());
+  beforeEach(() => db.reset());
+  afterEach(async () => {
+    await node?.close();
+    node = null;
+  });
+
+  async function runningChat(n: TestNode) {
+    await n.api('PUT', '/v1/users/u1', { balance: '100' });
+    await n.api('PUT', '/v1/advisors/a1', { ratePerMinute: '6', freeSeconds: 0 });
+    await n.api('POST', '/v1/chats', { id: 'c1', userId: 'u1', advisorId: 'a1' });
+    const tab = await n.connect('u1', 'user');
+    expect((await call(tab, 'chat:join', { chatId: 'c1' })).ok).to.equal(true);
+    const timer = setInterval(() => tab.emit('heartbeat', { chatId: 'c1' }), 100);
+    const advisor = await n.connect('a1', 'advisor');
+    expect((await call(advisor, 'chat:start', { chatId: 'c1' })).ok).to.equal(true);
+    return { tab, advisor, stop: () => clearInterval(timer) };
+  }
+
+  it('keeps metering after its Postgres connections are cut, as on a database restart', async function () {
+    if (!db.url) this.skip();
+    node = await startNode(db, { REDIS_URL: '' });
+    const r = await runningChat(node);
+    try {
+      await waitFor(r.advisor, 'meter', (m) => m.durationSeconds >= 1, 4000);
+      const admin = new pg.Client({ connectionString: db.url! });
+      await admin.connect();
+      const dbName = new URL(db.url!).pathname.slice(1);
+      await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, [dbName]);
+      await admin.end();
+      const [{ duration }] = await db.ds.query(`SELECT duration FROM conversation_time_records WHERE chat_id = 'c1'`);
+      // the node reconnects by itself and the meter goes on
+      await waitFor(r.advisor, 'meter', (m) => m.durationSeconds >= duration + 2, 8000);
+      const ready = await node.api('GET', '/readyz');
+      expect(ready.status).to.equal(200);
+    } finally {
+      r.stop();
+    }
+  });
+
+  it('survives losing Redis, and serves and meters again when it is back', async function () {
+    if (!hasRedisServer) this.skip();
+    this.timeout(60_000);
+    const port = await freePort();
+    const startRedis = (): ChildProcess =>
+      spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    let redis = startRedis();
+    try {
+      const url = `redis://127.0.0.1:${port}`;
+      await eventually(() => spawnSync('redis-cli', ['-p', String(port), 'ping']).stdout?.toString().includes('PONG'), 5000);
+      node = await startNode(db, { REDIS_URL: url });
+      const r = await runningChat(node);
+      try {
+        await waitFor(r.advisor, 'meter', (m) => m.durationSeconds >= 1, 4000);
+        redis.kill('SIGKILL');
+        await new Promise((res) => redis.once('exit', res));
+        // broadcasting with Redis gone must not crash the node; HTTP keeps answering
+        await new Promise((res) => setTimeout(res, 1500));
+        expect((await node.api('GET', '/healthz')).status).to.equal(200);
+        expect((await node.api('GET', '/readyz')).status).to.equal(503);
+        const [{ duration }] = await db.ds.query(`SELECT duration FROM conversation_time_records WHERE chat_id = 'c1'`);
+        expect(duration).to.be.at.least(2);
+        redis = startRedis();
+        await eventually(async () => (await node!.api('GET', '/readyz')).status === 200, 15_000, 200);
+        const later = await waitFor(r.advisor, 'meter', (m) => m.durationSeconds > duration, 8000);
+        expect(later.state).to.equal('running');
+      } finally {
+        r.stop();
+      }
+    } finally {
+      redis.kill('SIGKILL');
+    }
+  });
+});
