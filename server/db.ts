@@ -1,4 +1,5 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { DataSource } from 'typeorm';
 import { entities } from '../entities/index.js';
 import { migrations } from '../migrations/index.js';
@@ -20,11 +21,17 @@ export async function createDataSource(target: DbTarget): Promise<DataSource> {
   if (target.databaseUrl) {
     return new DataSource({ ...common, url: target.databaseUrl, poolSize: 20, extra: { application_name: 'chatmeter' } });
   }
+  const { PGlite } = await import('@electric-sql/pglite');
   const { createPgConfig } = await import('@electric-sql/pglite/node-postgres');
   const dir = target.dataDir;
-  if (!dir.startsWith('memory://')) mkdirSync(dir, { recursive: true });
-  const pg = createPgConfig(dir);
-  return new DataSource({
+  const onDisk = !dir.startsWith('memory://');
+  if (onDisk) {
+    mkdirSync(dir, { recursive: true });
+    takeLock(dir);
+  }
+  const pglite = new PGlite(dir);
+  const pg = createPgConfig(pglite);
+  const ds = new DataSource({
     ...common,
     host: pg.host,
     port: pg.port,
@@ -34,6 +41,53 @@ export async function createDataSource(target: DbTarget): Promise<DataSource> {
     poolSize: 1,
     extra: { connection: pg.connection, idleTimeoutMillis: 0 },
   });
+  // the adapter never closes the PGlite it wraps: close it (and free the directory) with the data source
+  const destroy = ds.destroy.bind(ds);
+  ds.destroy = async () => {
+    if (ds.isInitialized) await destroy();
+    if (!pglite.closed) await pglite.close();
+    if (onDisk) releaseLock(dir);
+  };
+  return ds;
+}
+
+/** Thrown when another live process holds the embedded data directory. */
+export class DataDirInUseError extends Error {
+  override name = 'DataDirInUseError';
+}
+
+const lockPath = (dir: string) => join(dir, 'chatmeter.lock');
+
+/**
+ * One process per PGlite directory (two lose writes silently): a lock file with
+ * the owner's pid; a stale one, whose process is gone, is taken over.
+ */
+function takeLock(dir: string): void {
+  const path = lockPath(dir);
+  if (existsSync(path)) {
+    const pid = Number(readFileSync(path, 'utf8').trim());
+    if (pid && pid !== process.pid && alive(pid)) {
+      throw new DataDirInUseError(`the embedded database in ${dir} is in use by process ${pid}; stop it first or set DATABASE_URL`);
+    }
+  }
+  writeFileSync(path, String(process.pid));
+}
+
+function releaseLock(dir: string): void {
+  try {
+    if (readFileSync(lockPath(dir), 'utf8').trim() === String(process.pid)) unlinkSync(lockPath(dir));
+  } catch {
+    // already gone
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** True when the data source is the embedded database (one connection, no real concurrency). */
