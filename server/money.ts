@@ -8,6 +8,9 @@ export const UNITS_PER_CREDIT = 10_000n;
 
 const AMOUNT = /^(\d{1,15})(?:\.(\d{1,4}))?$/;
 
+/** The largest amount (and balance) the server computes with: 15 integer digits, 4 decimals. */
+export const MAX_AMOUNT_UNITS = 10n ** 19n - 1n;
+
 /** True for a non-negative decimal string with at most 4 fraction digits. */
 export function isAmount(s: string): boolean {
   return AMOUNT.test(s);

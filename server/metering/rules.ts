@@ -149,8 +149,9 @@ export function settle(input: SettleInput): SettleResult {
   if (chat.status === 'active' && !chat.paused) {
     let from = chat.settledUntil ?? chat.startedAt ?? now;
     if (presence) {
-      // presence that began after the last settlement: the gap before it is never billed
-      if (presence.since > from && presence.since <= now) from = presence.since;
+      // presence that began after the last settlement: the gap before it is never billed,
+      // even when the span was stamped after `now` (a join racing this tick, another node's clock)
+      if (presence.since > from) from = presence.since;
       const to = Math.min(now, presence.until);
       const seconds = to > from ? Math.floor((to - from) / SECOND) : 0;
 
@@ -236,8 +237,8 @@ export function applyCommand(chat: ChatMeter, cmd: Command, now: number): ChatMe
     case 'resume':
       if (chat.status !== 'active') return { refused: `a ${chat.status} chat cannot be resumed` };
       if (!chat.paused) return chat;
-      // the paused time is never billed
-      return { ...chat, paused: false, settledUntil: now };
+      // the paused time is never billed; and a node whose clock lags never moves billing back
+      return { ...chat, paused: false, settledUntil: Math.max(now, chat.settledUntil ?? now) };
     case 'end':
       if (chat.status === 'ended') return chat;
       return endChat(chat, cmd.reason, now);

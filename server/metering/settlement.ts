@@ -6,9 +6,9 @@
  * chats costs the same handful of round trips as one chat.
  */
 import type { DataSource, EntityManager } from 'typeorm';
-import type { EndReason, MeterSnapshot } from '../../client-sdk/src/protocol.js';
-import { BadRequestError, ConflictError, ForbiddenError, NotFoundError } from '../errors.js';
-import { formatAmount, parseAmount } from '../money.js';
+import { type EndReason, ErrorCode, type MeterSnapshot } from '../../client-sdk/src/protocol.js';
+import { BadRequestError, ConflictError, DomainError, ForbiddenError, NotFoundError } from '../errors.js';
+import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
   type Allowance,
   type ChatMeter,
@@ -270,7 +270,9 @@ export class SettlementService {
       if (item.command) {
         const applied = applyCommand(meter, item.command, now);
         if ('refused' in applied) {
-          w.refusal = new ConflictError(applied.refused);
+          // a chat this very settlement ended (out of credits, abandoned) reports that end, which
+          // must be pushed, rather than a refusal, which callers drop
+          if (!result.ended) w.refusal = new ConflictError(applied.refused);
         } else {
           meter = applied;
           if (meter.status !== 'ended') meter.meterState = meterState(meter, item.presence, now);
@@ -438,7 +440,11 @@ export class SettlementService {
         }
         return { entry: toLedgerView(prior[0]), balance: users[0].balance, replayed: true };
       }
-      const balance = formatAmount(parseAmount(users[0].balance) + units);
+      const next = parseAmount(users[0].balance) + units;
+      if (next > MAX_AMOUNT_UNITS) {
+        throw new DomainError(ErrorCode.Unprocessable, `a balance may not exceed ${formatAmount(MAX_AMOUNT_UNITS)}`);
+      }
+      const balance = formatAmount(next);
       await em.query(`UPDATE users SET balance = $2, updated_at = now() WHERE id = $1`, [userId, balance]);
       const rows: LedgerRow[] = await em.query(
         `INSERT INTO ledger_entries (user_id, type, amount, balance_after, idempotency_key)
