@@ -67,10 +67,11 @@ export class Accounts {
         }
         return { user: toUserView(inserted[0]), created: true };
       }
-      const rows: UserRow[] =
-        input.name === undefined
-          ? await em.query(`SELECT id, name, balance FROM users WHERE id = $1`, [id])
-          : await em.query(`UPDATE users SET name = $2, updated_at = now() WHERE id = $1 RETURNING id, name, balance`, [id, input.name]);
+      if (input.name !== undefined) {
+        // no RETURNING: TypeORM answers an UPDATE with [rows, rowCount], not with the rows
+        await em.query(`UPDATE users SET name = $2, updated_at = now() WHERE id = $1`, [id, input.name]);
+      }
+      const rows: UserRow[] = await em.query(`SELECT id, name, balance FROM users WHERE id = $1`, [id]);
       return { user: toUserView(rows[0]!), created: false };
     });
   }

@@ -7,7 +7,7 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
 import { ErrorCode } from '../../client-sdk/src/protocol.js';
-import type { Accounts } from '../accounts.js';
+import { type Accounts, OPENING_BALANCE_KEY } from '../accounts.js';
 import type { Clock } from '../clock.js';
 import { BadRequestError, DomainError, NotFoundError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -60,9 +60,16 @@ const TokenBody = z.object({
   role: z.enum(['user', 'advisor']),
   ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
 });
+/** The largest ledger entry id (bigint). */
+const MAX_BIGINT = 9223372036854775807n;
 const LedgerQuery = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(50),
-  cursor: z.string().regex(/^\d{1,19}$/, 'must be a nextCursor returned by this route').optional(),
+  cursor: z
+    .string()
+    .regex(/^\d{1,19}$/, 'must be a nextCursor returned by this route')
+    // 19 digits can still exceed a bigint id, which Postgres would refuse with a 500
+    .refine((s) => !/^\d+$/.test(s) || BigInt(s) <= MAX_BIGINT, 'must be a nextCursor returned by this route')
+    .optional(),
 });
 
 function parse<S extends z.ZodType>(schema: S, value: unknown): z.infer<S> {
@@ -80,7 +87,8 @@ export function apiRouter(d: ApiDeps): Router {
 
   r.use((req, _res, next) => {
     const header = req.get('authorization') ?? '';
-    const m = /^Bearer (.+)$/.exec(header);
+    // the auth scheme is case-insensitive (RFC 7235)
+    const m = /^Bearer (.+)$/i.exec(header);
     const given = createHash('sha256').update(m?.[1] ?? '').digest();
     if (!m || !timingSafeEqual(given, expected)) {
       return next(new DomainError(ErrorCode.Unauthorized, 'missing or wrong API key (Authorization: Bearer <key>)'));
@@ -102,6 +110,10 @@ export function apiRouter(d: ApiDeps): Router {
     const userId = id(req, 'id');
     const body = parse(CreditsBody, req.body);
     if (parseAmount(body.amount) <= 0n) throw new DomainError(ErrorCode.Unprocessable, 'amount must be greater than 0');
+    // the opening balance is a topup under this key: a top-up reusing it would be taken for its replay
+    if (body.idempotencyKey === OPENING_BALANCE_KEY) {
+      throw new BadRequestError(`idempotencyKey "${OPENING_BALANCE_KEY}" is reserved for the opening balance`);
+    }
     const result = await d.engine.topUp(userId, body.amount, body.idempotencyKey);
     if (!result.replayed) d.notifyBalance(userId, result.balance);
     res.status(result.replayed ? 200 : 201).json({ entry: result.entry, balance: result.balance });
@@ -170,7 +182,11 @@ export function apiRouter(d: ApiDeps): Router {
   });
 
   r.get('/users/:uid/advisors/:aid/time-records', async (req, res) => {
-    res.json(await d.records.ofPair(id(req, 'uid'), id(req, 'aid')));
+    const userId = id(req, 'uid');
+    const advisorId = id(req, 'aid');
+    // an unknown user or advisor is a 404, not an empty pair
+    await Promise.all([d.accounts.getUser(userId), d.accounts.getAdvisor(advisorId)]);
+    res.json(await d.records.ofPair(userId, advisorId));
   });
 
   r.post('/tokens', async (req, res) => {
@@ -187,16 +203,20 @@ export function errorHandler(log: Logger) {
   return (err: unknown, req: Request, res: Response, _next: NextFunction): void => {
     let code: ErrorCode = ErrorCode.Internal;
     let message = 'internal error';
-    const e = err as { type?: string; status?: number; message?: string };
+    const e = err as { type?: string; status?: number; message?: string; expose?: boolean };
     if (err instanceof DomainError) {
       code = err.code;
       message = err.message;
     } else if (e?.type === 'entity.too.large') {
       code = ErrorCode.PayloadTooLarge;
       message = 'request body too large';
-    } else if (e?.type === 'entity.parse.failed' || e?.status === 400) {
+    } else if (e?.type === 'entity.parse.failed') {
       code = ErrorCode.BadRequest;
       message = 'malformed JSON body';
+    } else if (e?.status === 400) {
+      // e.g. a path with a malformed percent-encoding: not the body's fault
+      code = ErrorCode.BadRequest;
+      message = e.expose && e.message ? e.message : 'bad request';
     } else if (e?.type === 'encoding.unsupported' || e?.type === 'charset.unsupported' || e?.status === 415) {
       code = ErrorCode.BadRequest;
       message = e.message ?? 'unsupported body encoding';

@@ -53,6 +53,17 @@ export class MeterService {
     return outcome?.ok ? outcome.meter : null;
   }
 
+  /**
+   * Call before a join or heartbeat that may start a new presence span: the engine
+   * sees only the latest span, so the seconds of a lapsed one are settled first.
+   */
+  async settleLapsedPresence(chatId: string): Promise<void> {
+    if (!this.ticker.tracks(chatId)) return;
+    const now = this.clock.now();
+    const span = await this.presence.span(chatId, now);
+    if (span && span.until <= now) await this.ticker.settleNow([{ chatId }]);
+  }
+
   /** The chat's meter without settling; null before its time record exists. */
   async meter(chatId: string): Promise<MeterSnapshot | null> {
     const now = this.clock.now();

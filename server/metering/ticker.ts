@@ -79,6 +79,11 @@ export class Ticker {
     this.d.metrics.activeChatsCount(this.chats.size);
   }
 
+  /** True while this node meters the chat. */
+  tracks(chatId: string): boolean {
+    return this.chats.has(chatId);
+  }
+
   /** Chats being metered. */
   get size(): number {
     return this.chats.size;

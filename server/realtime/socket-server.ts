@@ -165,6 +165,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       socket.data.chats.set(chatId, pairRoom(chat.userId, chat.advisorId));
       let meter = null;
       if (principal.role === 'user' && chat.status !== 'ended') {
+        await d.meters.settleLapsedPresence(chatId);
         const started = await d.presence.join(chatId, socket.id, d.clock.now());
         if (started && chat.status === 'active') meter = await d.meters.presenceChanged(chatId);
       }
@@ -176,6 +177,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     handle('heartbeat', ChatRefSchema, async ({ chatId }) => {
       if (principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
       if (!socket.data.chats.has(chatId)) throw new ConflictError(`join chat ${chatId} before sending heartbeats`);
+      await d.meters.settleLapsedPresence(chatId);
       const now = d.clock.now();
       const restarted = await d.presence.heartbeat(chatId, socket.id, now);
       if (restarted) await d.meters.presenceChanged(chatId);
