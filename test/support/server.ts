@@ -130,13 +130,13 @@ export function waitFor<T = any>(s: ClientSocket, event: string, pred: (p: T) =>
 }
 
 /** Polls `fn` until it returns a truthy value, or throws after `ms`. */
-export async function eventually<T>(fn: () => Promise<T> | T, ms = 5000, every = 25): Promise<T> {
+export async function eventually<T>(fn: () => Promise<T> | T, ms = 5000, every = 25): Promise<NonNullable<T>> {
   const deadline = Date.now() + ms;
   let last: unknown;
   for (;;) {
     try {
       const v = await fn();
-      if (v) return v;
+      if (v) return v as NonNullable<T>;
     } catch (err) {
       last = err;
     }
