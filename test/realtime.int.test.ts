@@ -350,6 +350,27 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
     });
   });
 
+  describe('heartbeat and advisor end', () => {
+    it('acks a heartbeat with the server time, refuses it from the advisor, and lets the advisor end the chat', async () => {
+      const r = await running({ free: 0, balance: '100' });
+      const hb = await call(r.tab, 'heartbeat', { chatId: r.chatId });
+      expect(Object.keys(hb).sort()).to.deep.equal(['ok', 'serverTime']);
+      expect(Date.parse(hb.serverTime)).to.be.closeTo(Date.now(), 5000);
+      expect((await call(r.advisor, 'heartbeat', { chatId: r.chatId })).error.code).to.equal('forbidden');
+      const advisorJoin = await call(r.advisor, 'chat:join', { chatId: r.chatId });
+      expect(advisorJoin.ok).to.equal(true);
+      expect(advisorJoin.meter.recordId).to.equal(r.recordId);
+      const endedInTab = waitFor(r.tab, 'chat:ended');
+      const ended = await call(r.advisor, 'chat:end', { chatId: r.chatId });
+      expect(ended.chat).to.include({ status: 'ended', endReason: 'ended_by_advisor' });
+      const pushed = await endedInTab;
+      expect(pushed).to.include({ chatId: r.chatId, reason: 'ended_by_advisor' });
+      expect(pushed.meter.state).to.equal('ended');
+      // ending again is a no-op that still answers with the ended chat
+      expect((await call(r.tab, 'chat:end', { chatId: r.chatId })).chat.endReason).to.equal('ended_by_advisor');
+    });
+  });
+
   describe('restart', () => {
     it('picks up an active chat: the returning user goes on with the same record, the downtime unbilled', async () => {
       const r = await running({ free: 0, balance: '100' });
