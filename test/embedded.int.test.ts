@@ -1,32 +1,13 @@
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { createDataSource } from '../server/db.js';
 import { type Violation, verifyInvariants } from '../server/verify.js';
 import { freshDatabase, type TestDb } from './support/db.js';
 import { T0, at, present, services } from './support/fixtures.js';
+import { runVerifyCli } from './support/verify-cli.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-/** Runs `npm run verify`'s command as a child process with extra environment. */
-function runVerifyCli(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'server/verify-cli.ts'], {
-      cwd: ROOT,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** `npm start` on a fresh machine runs on PGlite: this file always does, DATABASE_URL or not. */
 describe('embedded database (PGlite), whatever DATABASE_URL says', () => {

@@ -1,13 +1,9 @@
 import { expect } from 'chai';
 import { decodeJwt } from 'jose';
 import { freshDatabase, type TestDb } from './support/db.js';
-import { type ClientSocket, type TestNode, call, collect, connectWith, eventually, startNode, waitFor } from './support/server.js';
+import { type ClientSocket, type TestNode, SNAPSHOT_KEYS, call, collect, connectWith, eventually, startNode, waitFor } from './support/server.js';
 
 /** The keys of a meter snapshot (SPEC section 2). */
-const SNAPSHOT_KEYS = [
-  'advisorId', 'balance', 'chatId', 'creditsUsed', 'durationSeconds', 'freeSecondsAllocation', 'freeSecondsRemaining',
-  'freeSecondsUsed', 'ratePerMinute', 'recordId', 'secondsAffordable', 'seq', 'serverTime', 'state', 'userId',
-];
 const RECORD_KEYS = [
   'advisorId', 'chatId', 'creditsUsed', 'durationSeconds', 'endReason', 'endedAt', 'freeSecondsAllocation', 'freeSecondsUsed',
   'id', 'isActive', 'lastHeartbeatAt', 'startedAt', 'userId',

@@ -1,12 +1,8 @@
 import { expect } from 'chai';
 import { SignJWT } from 'jose';
 import { freshDatabase, type TestDb } from './support/db.js';
-import { type ClientSocket, type TestNode, call, collect, connectWith, eventually, startNode, waitFor } from './support/server.js';
+import { type ClientSocket, type TestNode, SNAPSHOT_KEYS, call, collect, connectWith, eventually, startNode, waitFor } from './support/server.js';
 
-const SNAPSHOT_KEYS = [
-  'advisorId', 'balance', 'chatId', 'creditsUsed', 'durationSeconds', 'freeSecondsAllocation', 'freeSecondsRemaining',
-  'freeSecondsUsed', 'ratePerMinute', 'recordId', 'secondsAffordable', 'seq', 'serverTime', 'state', 'userId',
-];
 
 describe('real-time protocol (real server, sockets on loopback)', () => {
   let db: TestDb;

@@ -1,28 +1,9 @@
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { type Violation, verifyInvariants } from '../server/verify.js';
 import { freshDatabase, type TestDb } from './support/db.js';
 import { T0, at, present, services } from './support/fixtures.js';
+import { runVerifyCli } from './support/verify-cli.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-/** Runs `npm run verify`'s command as a child process with extra environment. */
-function runVerifyCli(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'server/verify-cli.ts'], {
-      cwd: ROOT,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe('verify: the invariants of SPEC section 1 over the whole database', () => {
   let db: TestDb;

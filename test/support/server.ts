@@ -8,6 +8,12 @@ import type { TestDb } from './db.js';
 
 export type ClientSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
 
+/** The fields of a meter snapshot (SPEC section 2), sorted. */
+export const SNAPSHOT_KEYS = [
+  'advisorId', 'balance', 'chatId', 'creditsUsed', 'durationSeconds', 'freeSecondsAllocation', 'freeSecondsRemaining',
+  'freeSecondsUsed', 'ratePerMinute', 'recordId', 'secondsAffordable', 'seq', 'serverTime', 'state', 'userId',
+];
+
 /** Short timings so the suite stays fast: 100 ms ticks, 300 + 200 ms heartbeat window. */
 export const FAST_ENV = {
   METER_TICK_MS: '100',
