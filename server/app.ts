@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { createAdapter } from '@socket.io/redis-adapter';
 import express from 'express';
 import helmet from 'helmet';
@@ -84,7 +85,8 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   let closing = false;
   const app = express();
   app.disable('x-powered-by');
-  app.use(helmet());
+  // plain-http deployments (and ws://) must keep working: no upgrade-insecure-requests
+  app.use(helmet({ contentSecurityPolicy: { directives: { upgradeInsecureRequests: null } } }));
   app.use(express.json({ limit: '16kb' }));
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true, node: nodeId });
@@ -101,6 +103,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     const ok = ready && !closing && Object.values(checks).every(Boolean);
     res.status(ok ? 200 : 503).json({ ok, checks });
   });
+  app.use('/demo', express.static(fileURLToPath(new URL('../client-sdk/demo', import.meta.url)), { index: false }));
   app.get('/metrics', async (_req, res) => {
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });

@@ -1,6 +1,7 @@
 /** Starts one node: config → createApp → listen; SIGTERM/SIGINT shut it down in order. */
 import { createApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
+import { loadDemo } from './demo.js';
 
 async function main(): Promise<void> {
   let config;
@@ -28,7 +29,15 @@ async function main(): Promise<void> {
       ? 'chatmeter is up; set CHATMETER_API_KEY and CHATMETER_JWT_SECRET to keep these across restarts'
       : 'chatmeter is up',
   );
-  if (config.generatedSecrets.apiKey) process.stdout.write(`\n  API key (this run only): ${config.apiKey}\n  ${base}/healthz\n\n`);
+  const banner = [`chatmeter on ${base}`];
+  if (config.generatedSecrets.apiKey) banner.push(`API key (this run only; set CHATMETER_API_KEY to keep one): ${config.apiKey}`);
+  if (!config.databaseUrl) {
+    // a fresh machine: demo rows and pages to watch a meter run (never loaded into a real Postgres)
+    const demo = await loadDemo(app, base, Date.now());
+    app.log.info({ chatId: demo.chatId, userId: 'demo-user', advisorId: 'demo-advisor' }, 'demo data loaded');
+    banner.push('Demo (open both; the advisor starts the chat):', `  user tab:          ${demo.userPage}`, `  advisor dashboard: ${demo.advisorPage}`);
+  }
+  process.stdout.write(`\n${banner.map((l) => `  ${l}`).join('\n')}\n\n`);
 
   let stopping = false;
   const stop = (signal: string) => {
