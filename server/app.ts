@@ -83,6 +83,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
 
   let ready = false;
   let closing = false;
+  let singleNode: { release(): Promise<void> } | null = null;
   const app = express();
   app.disable('x-powered-by');
   // plain-http deployments (and ws://) must keep working: no upgrade-insecure-requests
@@ -176,6 +177,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     ticker,
     services: { accounts, engine, meters, records, presence, tokens },
     async listen(port) {
+      singleNode = await claimSingleNode(ds, Boolean(config.databaseUrl), nodeId);
       await ticker.start();
       await new Promise<void>((resolve, reject) => {
         http.once('error', reject);
@@ -198,7 +200,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       } catch (err) {
         log.error({ err }, 'final settlement failed; the next node to start picks these chats up');
       }
-      io.disconnectSockets(true);
+      // closing the transports (not a DISCONNECT packet) lets clients reconnect to another or restarted node;
       // with Redis gone the adapter's unsubscribe never answers: don't let it hold the shutdown
       await withTimeout(new Promise<void>((resolve) => io.close(() => resolve())), 2000);
       http.closeAllConnections();
@@ -207,9 +209,46 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
         const closed = await withTimeout(Promise.allSettled([redis.pub.close(), redis.sub.close()]), 2000);
         if (!closed) for (const c of [redis.pub, redis.sub]) if (c.isOpen) c.destroy();
       }
+      await singleNode?.release();
       if (ownsDs && ds.isInitialized) await ds.destroy();
       log.info('shut down');
       if (opts.exit) process.exit(0);
+    },
+  };
+}
+
+/** Thrown when another node already meters this database. */
+export class NodeConflictError extends Error {
+  override name = 'NodeConflictError';
+}
+
+const SINGLE_NODE_LOCK = 0x63686d74; // "chmt"
+
+/**
+ * One node per database until chat ownership and shared presence land: two nodes
+ * would each meter every active chat with their own presence and flip meters
+ * between running and away. A session advisory lock on a connection of its own
+ * says which node runs; PGlite needs none (its directory lock admits one process).
+ */
+async function claimSingleNode(ds: DataSource, postgres: boolean, nodeId: string): Promise<{ release(): Promise<void> } | null> {
+  if (!postgres) return null;
+  const runner = ds.createQueryRunner();
+  await runner.connect();
+  const [{ locked }] = await runner.query(`SELECT pg_try_advisory_lock($1) AS locked`, [SINGLE_NODE_LOCK]);
+  if (!locked) {
+    await runner.release();
+    throw new NodeConflictError(
+      `another chatmeter node already runs on this database; one node per database is supported for now (node ${nodeId} refused to start)`,
+    );
+  }
+  return {
+    async release() {
+      try {
+        await runner.query(`SELECT pg_advisory_unlock($1)`, [SINGLE_NODE_LOCK]);
+      } catch {
+        // the connection died with the lock
+      }
+      await runner.release().catch(() => undefined);
     },
   };
 }

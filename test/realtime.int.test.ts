@@ -148,6 +148,23 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
       }
     });
 
+    it('never reach another pair whose ids join to the same string', async () => {
+      // user "acme:7" with advisor "bob" and user "acme" with advisor "7:bob"
+      const r = await running({ userId: 'acme:7', advisorId: 'bob', chatId: 'victim', free: 100 });
+      const other = await given({ userId: 'acme', advisorId: '7:bob', chatId: 'mine' });
+      const tab = await node.connect(other.userId, 'user');
+      expect((await call(tab, 'chat:join', { chatId: 'mine' })).ok).to.equal(true);
+      const leaked = collect(tab, 'meter');
+      const stop = heartbeats(r.tab, r.chatId);
+      try {
+        await waitFor(r.tab, 'meter', (m) => m.durationSeconds >= 1, 4000);
+        await waitFor(r.tab, 'meter', (m) => m.durationSeconds >= 2, 4000);
+      } finally {
+        stop();
+      }
+      expect(leaked.filter((m) => m.chatId === 'victim')).to.deep.equal([]);
+    });
+
     it('bill one second once however many tabs are open', async () => {
       const r = await running({ free: 0, balance: '100' });
       const tab2 = await node.connect('u1', 'user');
@@ -204,6 +221,30 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
       // a heartbeat brings it back
       expect((await call(r.tab, 'heartbeat', { chatId: r.chatId })).ok).to.equal(true);
       await waitFor(r.advisor, 'meter', (m) => m.state === 'running', 2000);
+    });
+
+    it('leaves no presence behind when a tab disconnects in the middle of its join', async () => {
+      const g = await given({ free: 0, balance: '100' });
+      await node.api('POST', `/v1/chats/${g.chatId}/start`);
+      const engine = node.app.services.engine;
+      const initialize = engine.initializeTimeTrackingForChat.bind(engine);
+      engine.initializeTimeTrackingForChat = async (...args) => {
+        await new Promise((res) => setTimeout(res, 300));
+        return initialize(...args);
+      };
+      const tab = await node.connect(g.userId, 'user');
+      tab.emit('chat:join', { chatId: g.chatId });
+      await new Promise((res) => setTimeout(res, 50));
+      tab.disconnect();
+      // the delayed join finishes by refusing itself (counted as a conflict), leaving nobody present
+      const conflicts = async () =>
+        (await node.app.metrics.rejectedEvents.get()).values.find((v) => v.labels.code === 'conflict')?.value ?? 0;
+      await eventually(async () => (await conflicts()) >= 1, 3000);
+      const span = await node.app.services.presence.span(g.chatId, Date.now());
+      expect(span === null || span.until <= Date.now(), JSON.stringify(span)).to.equal(true);
+      const meter = (await node.api('GET', `/v1/chats/${g.chatId}/meter`)).body;
+      expect(meter.state).to.equal('away');
+      expect(meter.durationSeconds).to.equal(0);
     });
 
     it('leaving the chat stops the meter at once', async () => {

@@ -66,6 +66,22 @@ describe('resilience (real Postgres and a Redis of its own)', () => {
     }
   });
 
+  it('refuses a second node on the same database until the first has stopped', async function () {
+    if (!db.url) this.skip();
+    node = await startNode(db, { REDIS_URL: '' });
+    const err = await startNode(db, { REDIS_URL: '' }).then(
+      async (second) => {
+        await second.close();
+        return null;
+      },
+      (e: Error) => e,
+    );
+    expect(err?.name).to.equal('NodeConflictError');
+    await node.close();
+    node = await startNode(db, { REDIS_URL: '' });
+    expect((await node.api('GET', '/readyz')).status).to.equal(200);
+  });
+
   it('survives losing Redis, and serves and meters again when it is back', async function () {
     if (!hasRedisServer) this.skip();
     this.timeout(60_000);

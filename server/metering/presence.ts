@@ -17,6 +17,8 @@ export interface PresenceStore {
   span(chatId: string, now: number): Promise<PresenceSpan | null>;
   /** Spans of many chats at once (one round trip on a shared store). */
   spans(chatIds: string[], now: number): Promise<Map<string, PresenceSpan | null>>;
+  /** Drops everything known of an ended chat. */
+  forget(chatId: string): void;
 }
 
 /** How long a heartbeat keeps a socket present: interval plus grace. */
@@ -93,14 +95,12 @@ export class LocalPresence implements PresenceStore {
     return { since: p.since, until: this.until(p), lastHeartbeatAt: p.lastHeartbeatAt };
   }
 
-  async spans(chatIds: string[], now: number): Promise<Map<string, PresenceSpan | null>> {
+  async spans(chatIds: string[]): Promise<Map<string, PresenceSpan | null>> {
     const out = new Map<string, PresenceSpan | null>();
     for (const id of chatIds) out.set(id, await this.span(id));
-    void now;
     return out;
   }
 
-  /** Forgets an ended chat. */
   forget(chatId: string): void {
     this.chats.delete(chatId);
   }

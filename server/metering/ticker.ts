@@ -3,7 +3,8 @@
  * the tick in phase buckets (`hash(chatId) % buckets`, each due at its own offset)
  * so database work and pushes flow evenly instead of bursting. Slots are computed
  * from the clock, never by chaining `setTimeout(tick, period)` after work, so ticks
- * don't drift; a slow slot delays the next one instead of overlapping it.
+ * don't drift; a slow slot delays the next one instead of overlapping it, and the
+ * buckets that fell due meanwhile are settled together right after it.
  */
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
@@ -39,6 +40,8 @@ export class Ticker {
   private readonly buckets: number;
   private readonly sliceMs: number;
   private origin = 0;
+  /** The next slot to run; slot k is due at origin + k × slice and settles bucket k % buckets. */
+  private nextSlot = 1;
   private timer: unknown = null;
   private running: Promise<void> | null = null;
   private stopped = true;
@@ -56,6 +59,7 @@ export class Ticker {
     for (const id of await this.d.loadActiveChatIds()) this.track(id);
     this.stopped = false;
     this.origin = this.d.clock.now();
+    this.nextSlot = 1;
     this.schedule();
   }
 
@@ -116,36 +120,49 @@ export class Ticker {
   private absorb(outcomes: SettleOutcome[]): void {
     for (const o of outcomes) {
       if (!o.ok) continue;
-      if (o.meter.state === 'ended') this.untrack(o.chatId);
+      if (o.meter.state === 'ended') {
+        this.untrack(o.chatId);
+        this.d.presence.forget(o.chatId);
+      }
       else if (o.meter.state !== 'pending') this.track(o.chatId);
     }
     this.d.publish(outcomes);
   }
 
+  /**
+   * Waits for the next slot due after the last one run. When a slot overran and
+   * later slots fell due meanwhile, their buckets are settled together in one
+   * batch: no bucket is ever skipped, so every chat is settled at least once a tick.
+   */
   private schedule(): void {
     if (this.stopped) return;
     const now = this.d.clock.now();
-    const slot = Math.floor((now - this.origin) / this.sliceMs) + 1;
-    const due = this.origin + slot * this.sliceMs;
+    const due = this.origin + this.nextSlot * this.sliceMs;
     this.timer = this.d.clock.setTimeout(() => {
       this.timer = null;
-      this.running = this.runSlot(slot % this.buckets).finally(() => {
+      const current = Math.floor((this.d.clock.now() - this.origin) / this.sliceMs);
+      // at most one whole tick of buckets at once: every bucket once
+      const first = Math.max(this.nextSlot, current - this.buckets + 1);
+      const buckets = new Set<number>();
+      for (let slot = first; slot <= current; slot++) buckets.add(slot % this.buckets);
+      this.nextSlot = current + 1;
+      this.running = this.runSlot(buckets).finally(() => {
         this.running = null;
         this.schedule();
       });
     }, Math.max(0, due - now));
   }
 
-  private async runSlot(bucket: number): Promise<void> {
+  private async runSlot(buckets: Set<number>): Promise<void> {
     const ids: string[] = [];
-    for (const [id, b] of this.chats) if (b === bucket) ids.push(id);
+    for (const [id, b] of this.chats) if (buckets.has(b)) ids.push(id);
     if (ids.length === 0) return;
     const started = performance.now();
     try {
       await this.settleNow(ids.map((chatId) => ({ chatId })));
     } catch (err) {
       this.d.metrics.settlementError();
-      this.d.log.error({ err, bucket, chats: ids.length, chatIds: ids.slice(0, 20) }, 'tick settlement failed');
+      this.d.log.error({ err, buckets: [...buckets], chats: ids.length, chatIds: ids.slice(0, 20) }, 'tick settlement failed');
     } finally {
       this.d.metrics.observeSlot((performance.now() - started) / 1000, ids.length);
     }

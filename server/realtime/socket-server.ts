@@ -2,7 +2,7 @@
  * socket.io: handshake auth, the client events of SPEC section 2 (validate → act →
  * ack), rooms, and the pushes of settlement outcomes.
  *
- * Rooms: `chat:{chatId}` every socket that joined the chat; `pair:{userId}:{advisorId}`
+ * Rooms: `chat:{chatId}` every socket that joined the chat; `pair:{userId}/{advisorId}`
  * every tab of a user that joined any chat with that advisor (meters of all the
  * pair's chats go there); `user:{userId}` all of a user's sockets (balance events);
  * `advisor:{advisorId}` all of an advisor's sockets (the dashboard).
@@ -54,7 +54,8 @@ export interface RealtimeDeps {
   isClosing: () => boolean;
 }
 
-const pairRoom = (userId: string, advisorId: string) => `pair:${userId}:${advisorId}`;
+// ids may contain ':' but never '/': `pair:a:b/c` can't be two pairs
+const pairRoom = (userId: string, advisorId: string) => `pair:${userId}/${advisorId}`;
 const KNOWN_EVENTS = new Set(['chat:join', 'chat:leave', 'heartbeat', 'chat:start', 'chat:pause', 'chat:resume', 'chat:end']);
 
 /** Room names a chat's pushes go to. */
@@ -159,6 +160,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     handle('chat:join', ChatRefSchema, async ({ chatId }) => {
       const chat = await memberChat(chatId);
       await d.engine.initializeTimeTrackingForChat(chat.userId, chat.advisorId, chatId);
+      if (!socket.connected) throw new ConflictError('the socket disconnected while joining');
       const rooms = [`chat:${chatId}`];
       if (principal.role === 'user') rooms.push(pairRoom(chat.userId, chat.advisorId));
       await socket.join(rooms);
@@ -167,6 +169,11 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       if (principal.role === 'user' && chat.status !== 'ended') {
         await d.meters.settleLapsedPresence(chatId);
         const started = await d.presence.join(chatId, socket.id, d.clock.now());
+        // a leave or disconnect that ran while this join awaited found no presence to end: end it now
+        if (!socket.connected || !socket.data.chats.has(chatId)) {
+          if (await d.presence.leave(chatId, socket.id, d.clock.now())) await d.meters.presenceChanged(chatId);
+          throw new ConflictError(`left chat ${chatId} while joining it`);
+        }
         if (started && chat.status === 'active') meter = await d.meters.presenceChanged(chatId);
       }
       meter ??= await d.meters.meter(chatId);

@@ -56,7 +56,10 @@ export async function startNode(db: TestDb, env: Record<string, string> = {}, de
     redisKeyPrefix: `cm-test-${randomBytes(4).toString('hex')}`,
     ...deps,
   });
-  const port = await app.listen(0);
+  const port = await app.listen(0).catch(async (err: unknown) => {
+    await app.close();
+    throw err;
+  });
   const url = `http://127.0.0.1:${port}`;
   const sockets: ClientSocket[] = [];
 
