@@ -136,6 +136,12 @@ export class Accounts {
     return { chat, created: false };
   }
 
+  /** Ids of the user's active chats. */
+  async activeChatIds(userId: string): Promise<string[]> {
+    const rows: Array<{ id: string }> = await this.ds.query(`SELECT id FROM chats WHERE user_id = $1 AND status = 'active' ORDER BY id`, [userId]);
+    return rows.map((r) => r.id);
+  }
+
   /** The chat, or NotFoundError. */
   async getChat(id: string): Promise<ChatView> {
     const rows: ChatRow[] = await this.ds.query(`SELECT * FROM chats WHERE id = $1`, [id]);

@@ -307,6 +307,17 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
       expect(b.userId).to.equal('u1');
       expect(b.balance).to.equal(res.body.balance);
     });
+
+    it('pushes the new balance in the meters of paused and away chats after a top-up', async () => {
+      const r = await running({ free: 0, balance: '10' });
+      const paused = await call(r.advisor, 'chat:pause', { chatId: r.chatId });
+      expect(paused.meter.state).to.equal('paused');
+      const refreshed = waitFor(r.advisor, 'meter', (m) => m.chatId === r.chatId && m.balance !== paused.meter.balance, 3000);
+      const res = await node.api('POST', '/v1/users/u1/credits', { amount: '5', idempotencyKey: 'topup-2' });
+      const m = await refreshed;
+      expect(m).to.include({ state: 'paused', balance: res.body.balance });
+      expect(m.seq).to.be.greaterThan(paused.meter.seq);
+    });
   });
 
   describe('bad input', () => {

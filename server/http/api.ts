@@ -115,7 +115,11 @@ export function apiRouter(d: ApiDeps): Router {
       throw new BadRequestError(`idempotencyKey "${OPENING_BALANCE_KEY}" is reserved for the opening balance`);
     }
     const result = await d.engine.topUp(userId, body.amount, body.idempotencyKey);
-    if (!result.replayed) d.notifyBalance(userId, result.balance);
+    if (!result.replayed) {
+      d.notifyBalance(userId, result.balance);
+      // the top-up is done: a failure to refresh meters must not turn it into an error
+      d.meters.balanceChanged(userId).catch((err: unknown) => d.log.warn({ err, userId }, 'refreshing meters after a top-up failed'));
+    }
     res.status(result.replayed ? 200 : 201).json({ entry: result.entry, balance: result.balance });
   });
 

@@ -64,6 +64,15 @@ export class MeterService {
     if (span && span.until <= now) await this.ticker.settleNow([{ chatId }]);
   }
 
+  /**
+   * After a balance change not caused by a tick (top-up, refund): new snapshots of the
+   * user's metered chats, so paused and away meters show the new balance too.
+   */
+  async balanceChanged(userId: string): Promise<void> {
+    const chatIds = await this.accounts.activeChatIds(userId);
+    if (chatIds.length) await this.ticker.settleNow(chatIds.map((chatId) => ({ chatId, refresh: true })));
+  }
+
   /** The chat's meter without settling; null before its time record exists. */
   async meter(chatId: string): Promise<MeterSnapshot | null> {
     const now = this.clock.now();

@@ -27,6 +27,8 @@ export interface SettleItem {
   chatId: string;
   presence: PresenceSpan | null;
   command?: Command;
+  /** Make a new snapshot even if nothing changed (the balance moved under an away or paused chat). */
+  refresh?: boolean;
 }
 
 /** What settling one chat did. */
@@ -216,6 +218,7 @@ export class SettlementService {
       meter: ChatMeter;
       rate: bigint;
       presence: PresenceSpan | null;
+      /** A command applied, or a refresh asked: a new snapshot goes out whatever changed. */
       commanded: boolean;
       refusal?: ConflictError;
       ended: EndReason | null;
@@ -256,6 +259,7 @@ export class SettlementService {
         affordable: null,
       };
       w.presence = item.presence;
+      if (item.refresh) w.commanded = true;
       const result = settle({
         chat: w.meter,
         allowance: allowances.get(key)!,
