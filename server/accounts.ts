@@ -6,6 +6,7 @@
 import type { DataSource } from 'typeorm';
 import type { ChatView } from '../client-sdk/src/protocol.js';
 import { ConflictError, NotFoundError } from './errors.js';
+import { type LedgerEntryView, type LedgerRow, toLedgerView } from './metering/settlement.js';
 import { formatAmount, parseAmount } from './money.js';
 
 /** A user as the API shows it. */
@@ -134,6 +135,18 @@ export class Accounts {
       throw new ConflictError(`chat ${input.id} exists between user ${chat.userId} and advisor ${chat.advisorId}`);
     }
     return { chat, created: false };
+  }
+
+  /** A page of the user's ledger, newest first; `cursor` is a previous page's `nextCursor`. */
+  async ledgerPage(userId: string, limit: number, cursor: string | null): Promise<{ items: LedgerEntryView[]; nextCursor: string | null }> {
+    await this.getUser(userId);
+    const rows: LedgerRow[] = await this.ds.query(
+      `SELECT * FROM ledger_entries WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2::bigint)
+        ORDER BY id DESC LIMIT $3`,
+      [userId, cursor, limit + 1],
+    );
+    const items = rows.slice(0, limit).map(toLedgerView);
+    return { items, nextCursor: rows.length > limit ? items[items.length - 1]!.id : null };
   }
 
   /** Ids of the user's active chats. */

@@ -151,7 +151,6 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     '/v1',
     apiRouter({
       apiKey: config.apiKey,
-      ds,
       accounts,
       engine,
       meters,

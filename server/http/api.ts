@@ -13,11 +13,10 @@ import { BadRequestError, DomainError, NotFoundError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MeterService } from '../metering/meter-service.js';
 import type { TimeRecords } from '../metering/records.js';
-import { type LedgerEntryView, type SettlementService, toLedgerView } from '../metering/settlement.js';
+import type { SettlementService } from '../metering/settlement.js';
 import type { Tokens } from '../tokens.js';
 import { AmountString, Id, describeIssues } from '../validation.js';
 import { parseAmount } from '../money.js';
-import type { DataSource } from 'typeorm';
 
 /** HTTP status of each error code. */
 export const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -35,7 +34,6 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
 /** The collaborators of the API. */
 export interface ApiDeps {
   apiKey: string;
-  ds: DataSource;
   accounts: Accounts;
   engine: SettlementService;
   meters: MeterService;
@@ -126,14 +124,7 @@ export function apiRouter(d: ApiDeps): Router {
   r.get('/users/:id/ledger', async (req, res) => {
     const userId = id(req, 'id');
     const q = parse(LedgerQuery, req.query);
-    await d.accounts.getUser(userId);
-    const rows = await d.ds.query(
-      `SELECT * FROM ledger_entries WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2::bigint)
-        ORDER BY id DESC LIMIT $3`,
-      [userId, q.cursor ?? null, q.limit + 1],
-    );
-    const items: LedgerEntryView[] = rows.slice(0, q.limit).map(toLedgerView);
-    res.json({ items, nextCursor: rows.length > q.limit ? items[items.length - 1]!.id : null });
+    res.json(await d.accounts.ledgerPage(userId, q.limit, q.cursor ?? null));
   });
 
   r.put('/advisors/:id', async (req, res) => {
@@ -152,15 +143,11 @@ export function apiRouter(d: ApiDeps): Router {
     res.status(created ? 201 : 200).json(chat);
   });
 
-  r.post('/chats/:id/start', async (req, res) => {
-    res.json(await d.meters.command(id(req, 'id'), { kind: 'start' }));
-  });
-  r.post('/chats/:id/pause', async (req, res) => {
-    res.json(await d.meters.command(id(req, 'id'), { kind: 'pause' }));
-  });
-  r.post('/chats/:id/resume', async (req, res) => {
-    res.json(await d.meters.command(id(req, 'id'), { kind: 'resume' }));
-  });
+  for (const kind of ['start', 'pause', 'resume'] as const) {
+    r.post(`/chats/:id/${kind}`, async (req, res) => {
+      res.json(await d.meters.command(id(req, 'id'), { kind }));
+    });
+  }
   r.post('/chats/:id/end', async (req, res) => {
     res.json(await d.meters.command(id(req, 'id'), { kind: 'end', reason: 'ended_by_platform' }));
   });

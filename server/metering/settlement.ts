@@ -483,7 +483,8 @@ export class SettlementService {
   }
 }
 
-interface LedgerRow {
+/** A ledger row as Postgres returns it. */
+export interface LedgerRow {
   id: string;
   type: 'topup' | 'charge' | 'refund';
   amount: string;
