@@ -217,14 +217,12 @@ export class SettlementService {
       before: ChatMeter;
       meter: ChatMeter;
       rate: bigint;
-      presence: PresenceSpan | null;
       /** A command applied, or a refresh asked: a new snapshot goes out whatever changed. */
       commanded: boolean;
       refusal?: ConflictError;
       ended: EndReason | null;
       lowBalance: boolean;
       charge: bigint;
-      affordable: number | null;
     }
     const work = new Map<string, Work>();
     const failures: SettleOutcome[] = [];
@@ -251,14 +249,11 @@ export class SettlementService {
         before: toMeter(chat, record),
         meter: toMeter(chat, record),
         rate: parseAmount(record.rate_per_minute),
-        presence: item.presence,
         commanded: false,
         ended: null,
         lowBalance: false,
         charge: 0n,
-        affordable: null,
       };
-      w.presence = item.presence;
       if (item.refresh) w.commanded = true;
       const result = settle({
         chat: w.meter,
@@ -290,7 +285,6 @@ export class SettlementService {
       w.ended = w.ended ?? result.ended ?? (meter.status === 'ended' && w.before.status !== 'ended' ? meter.endReason : null);
       w.lowBalance = w.lowBalance || result.lowBalance;
       w.charge += result.charge;
-      w.affordable = secondsAffordable(meter, result.allowance, balance, w.rate);
       work.set(item.chatId, w);
       if (result.charge > 0n) {
         const prev = charges.get(chat.id);
