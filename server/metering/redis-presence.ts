@@ -1,0 +1,138 @@
+/**
+ * Presence shared by every node through Redis, keeping the PresenceStore contract
+ * of LocalPresence (the same contract tests run against both). One hash per chat:
+ * `since`, `closed` (where sockets that left stop counting), `hb` (latest
+ * heartbeat) and one `s:{socketId}` field per joined socket with its heartbeat.
+ * Every change is one Lua script, so concurrent nodes never interleave inside it.
+ */
+import type { RedisClientType } from 'redis';
+import type { PresenceStore, PresenceTiming } from './presence.js';
+import type { PresenceSpan } from './rules.js';
+
+// until = max(closed, every socket's heartbeat + ttl); -1e300 stands for "never"
+const UNTIL = `
+local function until_of(h, ttl)
+  local u = tonumber(h['closed'] or '-1e300')
+  for k, v in pairs(h) do
+    if string.sub(k, 1, 2) == 's:' then
+      local t = tonumber(v) + ttl
+      if t > u then u = t end
+    end
+  end
+  return u
+end
+local function load(key)
+  local flat = redis.call('HGETALL', key)
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
+end
+`;
+
+// KEYS[1] chat hash; ARGV: socket field, now, ttl, keep ms, joined-only flag → 1 restarted, 0 not, -1 not joined
+const TOUCH = `${UNTIL}
+local key, sid, now, ttl, keep = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local h = load(key)
+if ARGV[5] == '1' and h[sid] == nil then return -1 end
+local restarted = 0
+if h['since'] == nil then
+  restarted = 1
+  redis.call('HSET', key, 'since', ARGV[2])
+elseif until_of(h, ttl) <= now then
+  -- a new span: what came before it is a gap, never billed
+  restarted = 1
+  redis.call('HSET', key, 'since', ARGV[2])
+  redis.call('HDEL', key, 'closed')
+  for k, _ in pairs(h) do
+    if string.sub(k, 1, 2) == 's:' then redis.call('HSET', key, k, '-1e300') end
+  end
+end
+redis.call('HSET', key, sid, ARGV[2], 'hb', ARGV[2])
+redis.call('PEXPIRE', key, keep)
+return restarted
+`;
+
+// KEYS[1] chat hash; ARGV: socket field, now, ttl → 1 when it was the last present socket
+const LEAVE = `${UNTIL}
+local key, sid, now, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local h = load(key)
+if h[sid] == nil then return 0 end
+local was = until_of(h, ttl) > now
+local hb = tonumber(h[sid])
+h[sid] = nil
+redis.call('HDEL', key, sid)
+local stop = math.min(now, hb + ttl)
+local closed = tonumber(h['closed'] or '-1e300')
+if stop > closed then
+  h['closed'] = tostring(stop)
+  redis.call('HSET', key, 'closed', string.format('%.0f', stop))
+end
+if was and until_of(h, ttl) <= now then return 1 end
+return 0
+`;
+
+/** Presence in Redis, shared by every node. */
+export class RedisPresence implements PresenceStore {
+  private readonly ttl: number;
+
+  /**
+   * @param keepMs how long a chat's presence outlives its last change (covers the abandon timeout)
+   */
+  constructor(
+    private readonly redis: RedisClientType,
+    timing: PresenceTiming,
+    private readonly prefix: string,
+    private readonly keepMs = 24 * 3600_000,
+  ) {
+    this.ttl = timing.heartbeatIntervalMs + timing.heartbeatGraceMs;
+  }
+
+  private key(chatId: string): string {
+    return `${this.prefix}:presence:${chatId}`;
+  }
+
+  private async touch(chatId: string, socketId: string, now: number, joinedOnly: boolean): Promise<number> {
+    const r = await this.redis.eval(TOUCH, {
+      keys: [this.key(chatId)],
+      arguments: [`s:${socketId}`, String(now), String(this.ttl), String(this.keepMs), joinedOnly ? '1' : '0'],
+    });
+    return Number(r);
+  }
+
+  async join(chatId: string, socketId: string, now: number): Promise<boolean> {
+    return (await this.touch(chatId, socketId, now, false)) === 1;
+  }
+
+  async heartbeat(chatId: string, socketId: string, now: number): Promise<boolean | null> {
+    const r = await this.touch(chatId, socketId, now, true);
+    return r === -1 ? null : r === 1;
+  }
+
+  async leave(chatId: string, socketId: string, now: number): Promise<boolean> {
+    const r = await this.redis.eval(LEAVE, { keys: [this.key(chatId)], arguments: [`s:${socketId}`, String(now), String(this.ttl)] });
+    return Number(r) === 1;
+  }
+
+  async span(chatId: string): Promise<PresenceSpan | null> {
+    return this.toSpan(await this.redis.hGetAll(this.key(chatId)));
+  }
+
+  async spans(chatIds: string[]): Promise<Map<string, PresenceSpan | null>> {
+    const multi = this.redis.multi();
+    for (const id of chatIds) multi.hGetAll(this.key(id));
+    const replies = (await multi.exec()) as unknown as Array<Record<string, string>>;
+    return new Map(chatIds.map((id, i) => [id, this.toSpan(replies[i] ?? {})]));
+  }
+
+  forget(chatId: string): void {
+    // best effort: the key expires anyway
+    this.redis.del(this.key(chatId)).catch(() => undefined);
+  }
+
+  private toSpan(h: Record<string, string>): PresenceSpan | null {
+    if (h.since === undefined) return null;
+    let until = h.closed === undefined ? -Infinity : Number(h.closed);
+    for (const [k, v] of Object.entries(h)) if (k.startsWith('s:')) until = Math.max(until, Number(v) + this.ttl);
+    return { since: Number(h.since), until, lastHeartbeatAt: h.hb === undefined ? null : Number(h.hb) };
+  }
+}
