@@ -116,6 +116,16 @@ describe('ticker (fake clock)', () => {
     expect(calls.length).to.equal(n);
   });
 
+  it('settles chats asked for at once in one batch, and what comes meanwhile in the next', async () => {
+    const { clock, ticker, calls } = build({ chats: [], workMs: 50 });
+    const first = Array.from({ length: 100 }, (_, i) => ticker.settleSoon(`gone-${i}`));
+    await clock.tickAsync(10);
+    const second = Array.from({ length: 30 }, (_, i) => ticker.settleSoon(`later-${i}`));
+    await clock.tickAsync(200);
+    await Promise.all([...first, ...second]);
+    expect(calls.map((c) => c.ids.length)).to.deep.equal([100, 30]);
+  });
+
   it('puts a chat in the same bucket every time', () => {
     for (const id of chats.slice(0, 50)) expect(bucketOf(id, 10)).to.equal(bucketOf(id, 10)).and.to.be.within(0, 9);
   });

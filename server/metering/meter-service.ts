@@ -49,7 +49,7 @@ export class MeterService {
    * stops or starts at that moment and its new state goes out at once.
    */
   async presenceChanged(chatId: string): Promise<MeterSnapshot | null> {
-    const [outcome] = await this.ticker.settleNow([{ chatId }]);
+    const outcome = await this.ticker.settleSoon(chatId);
     return outcome?.ok ? outcome.meter : null;
   }
 
@@ -61,7 +61,7 @@ export class MeterService {
     if (!this.ticker.tracks(chatId)) return;
     const now = this.clock.now();
     const span = await this.presence.span(chatId, now);
-    if (span && span.until <= now) await this.ticker.settleNow([{ chatId }]);
+    if (span && span.until <= now) await this.ticker.settleSoon(chatId);
   }
 
   /**

@@ -44,6 +44,9 @@ export class Ticker {
   private nextSlot = 1;
   private timer: unknown = null;
   private running: Promise<void> | null = null;
+  private soon = new Map<string, Array<{ resolve: (o: SettleOutcome | undefined) => void; reject: (e: unknown) => void }>>();
+  private soonTimer: unknown = null;
+  private soonRunning = false;
   private stopped = true;
   /** Absence before this instant doesn't count towards abandonment. */
   readonly startedAt: number;
@@ -69,6 +72,10 @@ export class Ticker {
     if (this.timer !== null) this.d.clock.clearTimeout(this.timer);
     this.timer = null;
     await this.running;
+    if (this.soonTimer !== null) {
+      this.d.clock.clearTimeout(this.soonTimer);
+      await this.flushSoon();
+    }
   }
 
   /** Meters this chat from the next tick on. */
@@ -107,6 +114,41 @@ export class Ticker {
     );
     this.absorb(outcomes);
     return outcomes;
+  }
+
+  /**
+   * Settles a chat as soon as possible, together with every other chat asked for
+   * meanwhile: a proxy restart that drops thousands of tabs costs a few batches,
+   * not one transaction per chat. Resolves with the chat's outcome.
+   */
+  settleSoon(chatId: string): Promise<SettleOutcome | undefined> {
+    return new Promise((resolve, reject) => {
+      const waiters = this.soon.get(chatId) ?? [];
+      waiters.push({ resolve, reject });
+      this.soon.set(chatId, waiters);
+      if (!this.soonTimer && !this.soonRunning) this.soonTimer = this.d.clock.setTimeout(() => void this.flushSoon(), 0);
+    });
+  }
+
+  private async flushSoon(): Promise<void> {
+    this.soonTimer = null;
+    this.soonRunning = true;
+    const batch = this.soon;
+    this.soon = new Map();
+    try {
+      const ids = [...batch.keys()];
+      const outcomes = new Map<string, SettleOutcome>();
+      for (let i = 0; i < ids.length; i += 500) {
+        for (const o of await this.settleNow(ids.slice(i, i + 500).map((chatId) => ({ chatId })))) outcomes.set(o.chatId, o);
+      }
+      for (const [id, waiters] of batch) for (const w of waiters) w.resolve(outcomes.get(id));
+    } catch (err) {
+      for (const waiters of batch.values()) for (const w of waiters) w.reject(err);
+    } finally {
+      this.soonRunning = false;
+      // what arrived while this batch ran goes out as the next one
+      if (this.soon.size) this.soonTimer = this.d.clock.setTimeout(() => void this.flushSoon(), 0);
+    }
   }
 
   /** Settles every metered chat once (at shutdown). */
