@@ -106,6 +106,35 @@ describe('ticker (fake clock)', () => {
     await stop();
   });
 
+  it('isolates a chat the database refuses, so the rest of its bucket is still settled', async () => {
+    const clock = FakeTimers.createClock(1_000_000);
+    const settled: string[] = [];
+    let errors = 0;
+    const engine = {
+      async settleBatch(items: SettleItem[]): Promise<SettleOutcome[]> {
+        if (items.some((i) => i.chatId === 'poison')) throw Object.assign(new Error('check violation'), { code: '23514' });
+        settled.push(...items.map((i) => i.chatId));
+        return [];
+      },
+    } as unknown as SettlementService;
+    const ticker = new Ticker({
+      clock: { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) },
+      engine,
+      presence: new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 }),
+      log: pino({ level: 'silent' }),
+      metrics: { observeSlot: () => {}, settlementError: () => errors++, activeChatsCount: () => {} },
+      publish: () => {},
+      loadActiveChatIds: async () => ['a', 'b', 'poison', 'c', 'd', 'e'],
+      tickMs: 1000,
+      buckets: 1,
+    });
+    await ticker.start();
+    await clock.tickAsync(1000);
+    expect(settled.sort()).to.deep.equal(['a', 'b', 'c', 'd', 'e']);
+    expect(errors).to.equal(1);
+    await ticker.stop();
+  });
+
   it('stops scheduling after stop()', async () => {
     const { clock, ticker, calls, stop } = build({ chats: ['a'], buckets: 1 });
     await ticker.start();

@@ -201,14 +201,37 @@ export class Ticker {
     if (ids.length === 0) return;
     const started = performance.now();
     try {
-      await this.settleNow(ids.map((chatId) => ({ chatId })));
-    } catch (err) {
-      this.d.metrics.settlementError();
-      this.d.log.error({ err, buckets: [...buckets], chats: ids.length, chatIds: ids.slice(0, 20) }, 'tick settlement failed');
+      await this.settleIsolating(ids);
     } finally {
       this.d.metrics.observeSlot((performance.now() - started) / 1000, ids.length);
     }
   }
+
+  /**
+   * Settles a batch; when the database refuses it for its data (not for being
+   * down), splits it in halves and retries, so one bad chat can't stop the
+   * metering of the others in its bucket, and the log names that chat.
+   */
+  private async settleIsolating(ids: string[]): Promise<void> {
+    try {
+      await this.settleNow(ids.map((chatId) => ({ chatId })));
+    } catch (err) {
+      if (ids.length > 1 && refusedForData(err)) {
+        const half = Math.ceil(ids.length / 2);
+        await this.settleIsolating(ids.slice(0, half));
+        await this.settleIsolating(ids.slice(half));
+        return;
+      }
+      this.d.metrics.settlementError();
+      this.d.log.error({ err, chats: ids.length, chatIds: ids.slice(0, 20), ...(ids.length === 1 ? { chatId: ids[0] } : {}) }, 'tick settlement failed');
+    }
+  }
+}
+
+/** True when Postgres refused the statement for its data (SQLSTATE class 22 or 23), not its availability. */
+function refusedForData(err: unknown): boolean {
+  const code = (err as { driverError?: { code?: unknown }; code?: unknown } | null)?.driverError?.code ?? (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'));
 }
 
 /** A stable bucket for a chat id (FNV-1a). */
