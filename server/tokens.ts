@@ -36,13 +36,13 @@ export class Tokens {
     return { token, expiresAt: new Date(exp * 1000).toISOString() };
   }
 
-  /** The principal of a valid token, or null for a missing, expired, forged or malformed one. */
-  async verify(token: unknown): Promise<Principal | null> {
+  /** The principal of a valid token and when it expires (epoch ms), or null for a missing, expired, forged or malformed one. */
+  async verify(token: unknown): Promise<(Principal & { expiresAt: number }) | null> {
     if (typeof token !== 'string' || token.length === 0 || token.length > 4096) return null;
     try {
       const { payload } = await jwtVerify(token, this.key, { algorithms: ['HS256'], requiredClaims: ['exp', 'sub'] });
       const parsed = claims.safeParse(payload);
-      return parsed.success ? parsed.data : null;
+      return parsed.success ? { ...parsed.data, expiresAt: (payload.exp as number) * 1000 } : null;
     } catch {
       return null;
     }

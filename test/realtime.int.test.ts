@@ -70,6 +70,23 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
       (await node.connect('u1', 'user')).close();
     });
 
+    it('refuses events with unauthorized once the handshake\'s token has expired', async () => {
+      const g = await given();
+      const res = await node.api('POST', '/v1/tokens', { sub: g.userId, role: 'user', ttlSeconds: 2 });
+      const tab = await connectWith(node.url, { token: res.body.token });
+      try {
+        expect((await call(tab, 'chat:join', { chatId: g.chatId })).ok).to.equal(true);
+        const refused = await eventually(async () => {
+          const ack = await call(tab, 'heartbeat', { chatId: g.chatId });
+          return ack.ok ? null : ack;
+        }, 4000, 100);
+        expect(refused.error.code).to.equal('unauthorized');
+        expect(Date.now()).to.be.at.least(Date.parse(res.body.expiresAt));
+      } finally {
+        tab.close();
+      }
+    });
+
     it('refuses a browser handshake from a foreign origin', async () => {
       const token = await node.token('u1', 'user');
       const err = await connectWith(node.url, { token }, { transports: ['polling'], extraHeaders: { origin: 'https://evil.example' } }).then(

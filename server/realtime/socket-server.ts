@@ -30,6 +30,8 @@ import { ChatRefSchema, describeIssues } from '../validation.js';
 /** What a socket carries after the handshake. */
 export interface SocketData {
   principal: Principal;
+  /** When the handshake's token expires (epoch ms): events after it are refused `unauthorized`. */
+  expiresAt: number;
   /** Chats this socket joined, with their pair room. */
   chats: Map<string, string>;
 }
@@ -102,7 +104,8 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
           d.metrics.rejectedEvents.inc({ code: ErrorCode.Unauthorized });
           return next(new Error(ErrorCode.Unauthorized));
         }
-        socket.data.principal = principal;
+        socket.data.principal = { sub: principal.sub, role: principal.role };
+        socket.data.expiresAt = principal.expiresAt;
         socket.data.chats = new Map();
         next();
       })
@@ -123,6 +126,9 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       socket.on(event, async (...args: unknown[]) => {
         const ack = typeof args[args.length - 1] === 'function' ? (args.pop() as (a: unknown) => void) : undefined;
         try {
+          if (d.clock.now() >= socket.data.expiresAt) {
+            throw new DomainError(ErrorCode.Unauthorized, 'the token has expired: reconnect with a fresh one');
+          }
           await consume(perSocket, socket.id);
           await consume(perPrincipal, `${principal.role}:${principal.sub}`);
           const parsed = schema.safeParse(args[0]);
