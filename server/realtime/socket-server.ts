@@ -180,7 +180,8 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
           if (await d.presence.leave(chatId, socket.id, d.clock.now())) await d.meters.presenceChanged(chatId);
           throw new ConflictError(`left chat ${chatId} while joining it`);
         }
-        if (started && chat.status === 'active') meter = await d.meters.presenceChanged(chatId);
+        // settle whatever the status read above: a start racing this join is seen by one of the two
+        if (started) meter = await d.meters.presenceChanged(chatId);
       }
       meter ??= await d.meters.meter(chatId);
       log.info({ chatId, recordId: meter?.recordId, event: 'chat:join' }, 'joined chat');
