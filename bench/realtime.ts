@@ -468,8 +468,8 @@ async function main(): Promise<void> {
   if (fdLimit !== null && fdLimit < fdNeeded) {
     console.error(`realtime bench: ulimit -n is ${fdLimit}, about ${fdNeeded} are needed per process: expect connect errors`);
   }
-  const [{ default: pg }, { createApp }, { loadConfig }, { createDataSource }, { bucketOf }] = await Promise.all([
-    import('pg'),
+  const [{ throwawayDatabase }, { createApp }, { loadConfig }, { createDataSource }, { bucketOf }] = await Promise.all([
+    import('./throwaway-db.js'),
     import('../server/app.js'),
     import('../server/config.js'),
     import('../server/db.js'),
@@ -477,25 +477,7 @@ async function main(): Promise<void> {
   ]);
 
   // database: a throwaway Postgres database, or PGlite in memory
-  const base = process.env.DATABASE_URL || null;
-  let url: string | null = null;
-  let dropDb = async () => {};
-  if (base) {
-    const name = `chatmeter_bench_rt_${randomBytes(4).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: base });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const u = new URL(base);
-    u.pathname = `/${name}`;
-    url = u.toString();
-    dropDb = async () => {
-      const c = new pg.Client({ connectionString: base });
-      await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await c.end();
-    };
-  }
+  const { url, drop: dropDb } = await throwawayDatabase(process.env.DATABASE_URL || undefined, 'chatmeter_bench_rt');
   const database = url ? 'postgres' : 'pglite';
 
   // whatever happens from here on, the client process goes and the database is dropped

@@ -12,9 +12,8 @@
  * @example npm run bench                       # PGlite
  * @example DATABASE_URL=postgres://... npm run bench
  */
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { Accounts } from '../server/accounts.js';
+import { throwawayDatabase } from './throwaway-db.js';
 import { createDataSource } from '../server/db.js';
 import { SettlementService } from '../server/metering/settlement.js';
 import { bucketOf } from '../server/metering/ticker.js';
@@ -24,25 +23,7 @@ const TICKS = Number(process.env.BENCH_TICKS ?? 5);
 const BUCKETS = 10;
 
 async function main(): Promise<void> {
-  const base = process.env.DATABASE_URL;
-  let url: string | null = null;
-  let dropDb = async () => {};
-  if (base) {
-    const name = `chatmeter_bench_${randomBytes(4).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: base });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const u = new URL(base);
-    u.pathname = `/${name}`;
-    url = u.toString();
-    dropDb = async () => {
-      const c = new pg.Client({ connectionString: base });
-      await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await c.end();
-    };
-  }
+  const { url, drop: dropDb } = await throwawayDatabase(process.env.DATABASE_URL, 'chatmeter_bench');
   const ds = await createDataSource({ databaseUrl: url, dataDir: 'memory://' });
   await ds.initialize();
   await ds.runMigrations();
