@@ -4,6 +4,7 @@
  * reads config, calls this and handles signals.
  */
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -40,6 +41,8 @@ export interface AppDeps {
   rateLimit?: { perSocket: number; perPrincipal: number };
   /** Phase buckets per tick. */
   tickBuckets?: number;
+  /** Called when another node took this database over (after a lost connection): `main` exits. */
+  onLostSingleNode?: () => void;
 }
 
 /** A built node. */
@@ -104,7 +107,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     const ok = ready && !closing && Object.values(checks).every(Boolean);
     res.status(ok ? 200 : 503).json({ ok, checks });
   });
-  app.use('/demo', express.static(fileURLToPath(new URL('../client-sdk/demo', import.meta.url)), { index: false }));
+  app.use('/demo', express.static(DEMO_DIR, { index: false }));
   app.get('/metrics', async (_req, res) => {
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
@@ -176,7 +179,14 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     ticker,
     services: { accounts, engine, meters, records, presence, tokens },
     async listen(port) {
-      singleNode = await claimSingleNode(ds, Boolean(config.databaseUrl), nodeId);
+      singleNode = await claimSingleNode(ds, Boolean(config.databaseUrl), nodeId, () => {
+        // another node runs on this database now: this one stops metering and says so
+        ready = false;
+        log.fatal({}, 'lost the single-node lock to another node; metering stopped here');
+        metrics.backgroundErrors.inc({ where: 'single_node_lock' });
+        ticker.stop().catch(() => undefined);
+        deps.onLostSingleNode?.();
+      });
       await ticker.start();
       await new Promise<void>((resolve, reject) => {
         http.once('error', reject);
@@ -216,6 +226,11 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   };
 }
 
+/** The demo pages, from the sources (tsx) or from the built `dist/server` alike. */
+const DEMO_DIR =
+  ['../client-sdk/demo', '../../client-sdk/demo'].map((rel) => fileURLToPath(new URL(rel, import.meta.url))).find((dir) => existsSync(dir)) ??
+  fileURLToPath(new URL('../client-sdk/demo', import.meta.url));
+
 /** Thrown when another node already meters this database. */
 export class NodeConflictError extends Error {
   override name = 'NodeConflictError';
@@ -229,25 +244,58 @@ const SINGLE_NODE_LOCK = 0x63686d74; // "chmt"
  * between running and away. A session advisory lock on a connection of its own
  * says which node runs; PGlite needs none (its directory lock admits one process).
  */
-async function claimSingleNode(ds: DataSource, postgres: boolean, nodeId: string): Promise<{ release(): Promise<void> } | null> {
+async function claimSingleNode(
+  ds: DataSource,
+  postgres: boolean,
+  nodeId: string,
+  onLost: () => void,
+): Promise<{ release(): Promise<void> } | null> {
   if (!postgres) return null;
-  const runner = ds.createQueryRunner();
-  await runner.connect();
-  const [{ locked }] = await runner.query(`SELECT pg_try_advisory_lock($1) AS locked`, [SINGLE_NODE_LOCK]);
-  if (!locked) {
+  const lock = async () => {
+    const runner = ds.createQueryRunner();
+    await runner.connect();
+    const [{ locked }] = await runner.query(`SELECT pg_try_advisory_lock($1) AS locked`, [SINGLE_NODE_LOCK]);
+    if (locked) return runner;
     await runner.release();
+    return null;
+  };
+  let runner = await lock();
+  if (!runner) {
     throw new NodeConflictError(
       `another chatmeter node already runs on this database; one node per database is supported for now (node ${nodeId} refused to start)`,
     );
   }
+  // the lock lives as long as its session: when the session dies (a database restart, a proxy)
+  // take it again, and if another node has it meanwhile, stop metering here
+  let checking = false;
+  const watch = setInterval(() => {
+    if (checking) return;
+    checking = true;
+    (async () => {
+      try {
+        await runner!.query('SELECT 1');
+      } catch {
+        await runner!.release().catch(() => undefined);
+        const again = await lock().catch(() => undefined);
+        if (again) runner = again;
+        else if (again === null) {
+          clearInterval(watch);
+          onLost();
+        }
+        // undefined: the database is still unreachable; try again on the next check
+      }
+    })().finally(() => (checking = false));
+  }, 5000);
+  watch.unref();
   return {
     async release() {
+      clearInterval(watch);
       try {
-        await runner.query(`SELECT pg_advisory_unlock($1)`, [SINGLE_NODE_LOCK]);
+        await runner!.query(`SELECT pg_advisory_unlock_all()`);
       } catch {
         // the connection died with the lock
       }
-      await runner.release().catch(() => undefined);
+      await runner!.release().catch(() => undefined);
     },
   };
 }

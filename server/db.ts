@@ -19,7 +19,13 @@ export interface DbTarget {
 export async function createDataSource(target: DbTarget): Promise<DataSource> {
   const common = { type: 'postgres' as const, entities, migrations, synchronize: false, logging: false };
   if (target.databaseUrl) {
-    return new DataSource({ ...common, url: target.databaseUrl, poolSize: 20, extra: { application_name: 'chatmeter' } });
+    return new DataSource({
+      ...common,
+      url: target.databaseUrl,
+      poolSize: 20,
+      // a stuck lock or a blackholed server fails a query instead of hanging a tick or a shutdown
+      extra: { application_name: 'chatmeter', statement_timeout: 30_000, connectionTimeoutMillis: 10_000, keepAlive: true },
+    });
   }
   const { PGlite } = await import('@electric-sql/pglite');
   const { createPgConfig } = await import('@electric-sql/pglite/node-postgres');

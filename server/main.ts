@@ -14,7 +14,9 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-  const app = await createApp(config);
+  const app = await createApp(config, {
+    onLostSingleNode: () => app.close({ exit: true }).catch(() => process.exit(1)),
+  });
   const port = await app.listen(config.port);
   const base = `http://localhost:${port}`;
   app.log.info(
@@ -44,6 +46,11 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     app.log.info({ signal }, 'signal received');
+    // a database or Redis that stopped answering must not hold the exit forever
+    setTimeout(() => {
+      app.log.error({ signal }, 'shutdown took over 30 s; exiting');
+      process.exit(1);
+    }, 30_000).unref();
     app.close({ exit: true }).catch((err: unknown) => {
       app.log.error({ err }, 'shutdown failed');
       process.exit(1);

@@ -70,18 +70,24 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
       (await node.connect('u1', 'user')).close();
     });
 
-    it('refuses events with unauthorized once the handshake\'s token has expired', async () => {
-      const g = await given();
+    it('closes the transport when the handshake\'s token expires, stopping the meter at once', async () => {
+      const g = await given({ free: 0, balance: '100' });
       const res = await node.api('POST', '/v1/tokens', { sub: g.userId, role: 'user', ttlSeconds: 2 });
       const tab = await connectWith(node.url, { token: res.body.token });
+      const advisor = await node.connect(g.advisorId, 'advisor');
       try {
         expect((await call(tab, 'chat:join', { chatId: g.chatId })).ok).to.equal(true);
-        const refused = await eventually(async () => {
-          const ack = await call(tab, 'heartbeat', { chatId: g.chatId });
-          return ack.ok ? null : ack;
-        }, 4000, 100);
-        expect(refused.error.code).to.equal('unauthorized');
-        expect(Date.now()).to.be.at.least(Date.parse(res.body.expiresAt));
+        const beat = setInterval(() => tab.connected && tab.emit('heartbeat', { chatId: g.chatId }), 100);
+        try {
+          expect((await call(advisor, 'chat:start', { chatId: g.chatId })).ok).to.equal(true);
+          const gone = new Promise<string>((resolve) => tab.once('disconnect', (reason) => resolve(reason)));
+          const away = waitFor(advisor, 'meter', (m) => m.state === 'away', 4000);
+          expect(await gone).to.equal('transport close');
+          expect(Date.now()).to.be.at.least(Date.parse(res.body.expiresAt) - 50);
+          await away;
+        } finally {
+          clearInterval(beat);
+        }
       } finally {
         tab.close();
       }

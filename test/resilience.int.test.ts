@@ -82,6 +82,27 @@ describe('resilience (real Postgres and a Redis of its own)', () => {
     expect((await node.api('GET', '/readyz')).status).to.equal(200);
   });
 
+  it('stops metering when another node took the database over after its lock\'s connection died', async function () {
+    if (!db.url) this.skip();
+    this.timeout(30_000);
+    node = await startNode(db, { REDIS_URL: '' });
+    const admin = new pg.Client({ connectionString: db.url! });
+    await admin.connect();
+    const dbName = new URL(db.url!).pathname.slice(1);
+    await admin.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = $1)`,
+      [dbName],
+    );
+    await admin.end();
+    const second = await startNode(db, { REDIS_URL: '' });
+    try {
+      await eventually(async () => (await node!.api('GET', '/readyz')).status === 503, 15_000, 250);
+      expect((await second.api('GET', '/readyz')).status).to.equal(200);
+    } finally {
+      await second.close();
+    }
+  });
+
   it('survives losing Redis, and serves and meters again when it is back', async function () {
     if (!hasRedisServer) this.skip();
     this.timeout(60_000);

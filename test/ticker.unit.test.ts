@@ -146,13 +146,60 @@ describe('ticker (fake clock)', () => {
   });
 
   it('settles chats asked for at once in one batch, and what comes meanwhile in the next', async () => {
-    const { clock, ticker, calls } = build({ chats: [], workMs: 50 });
+    const { clock, ticker, calls, stop } = build({ chats: [], workMs: 50 });
+    await ticker.start();
     const first = Array.from({ length: 100 }, (_, i) => ticker.settleSoon(`gone-${i}`));
     await clock.tickAsync(10);
     const second = Array.from({ length: 30 }, (_, i) => ticker.settleSoon(`later-${i}`));
     await clock.tickAsync(200);
     await Promise.all([...first, ...second]);
     expect(calls.map((c) => c.ids.length)).to.deep.equal([100, 30]);
+    await stop();
+  });
+
+  it('answers each settleSoon caller for its own chat when the database refuses another in the batch', async () => {
+    const clock = FakeTimers.createClock(1_000_000);
+    const engine = {
+      async settleBatch(items: SettleItem[]): Promise<SettleOutcome[]> {
+        if (items.some((i) => i.chatId === 'poison')) throw Object.assign(new Error('check violation'), { code: '23514' });
+        return items.map((i) => ({ chatId: i.chatId, ok: false, error: new Error('stub') }) as unknown as SettleOutcome);
+      },
+    } as unknown as SettlementService;
+    const ticker = new Ticker({
+      clock: { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) },
+      engine,
+      presence: new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 }),
+      log: pino({ level: 'silent' }),
+      metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
+      publish: () => {},
+      loadActiveChatIds: async () => [],
+      tickMs: 1000,
+    });
+    await ticker.start();
+    const results = ['a', 'b', 'poison', 'c'].map((id) => ticker.settleSoon(id).then((o) => o?.chatId, (e: Error) => `refused: ${e.message}`));
+    await clock.tickAsync(10);
+    expect(await Promise.all(results)).to.deep.equal(['a', 'b', 'refused: check violation', 'c']);
+    await ticker.stop();
+  });
+
+  it('waits on stop() for presence settlements in flight and queued, and settles at once after', async () => {
+    const { clock, ticker, calls } = build({ chats: [], workMs: 50 });
+    await ticker.start();
+    const first = ticker.settleSoon('x');
+    await clock.tickAsync(1);
+    const queued = ticker.settleSoon('y');
+    let stopped = false;
+    const stopping = ticker.stop().then(() => (stopped = true));
+    await clock.tickAsync(20);
+    expect(stopped).to.equal(false);
+    await clock.tickAsync(200);
+    await stopping;
+    await Promise.all([first, queued]);
+    expect(calls.map((c) => c.ids)).to.deep.equal([['x'], ['y']]);
+    const after = ticker.settleSoon('z');
+    await clock.tickAsync(100);
+    await after;
+    expect(calls.map((c) => c.ids).at(-1)).to.deep.equal(['z']);
   });
 
   it('puts a chat in the same bucket every time', () => {

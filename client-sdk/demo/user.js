@@ -15,19 +15,27 @@ function show(m) {
   $('affordable').textContent = fmtSeconds(m.secondsAffordable);
 }
 
-socket.on('connect', () => {
+function join() {
   socket.emit('chat:join', { chatId }, (ack) => {
     if (!ack.ok) {
       $('state').textContent = `${ack.error.code}: ${ack.error.message}`;
+      // a refused join is retried while connected (rate limits, a node restarting)
+      if (ack.error.code !== 'forbidden' && ack.error.code !== 'not_found') setTimeout(() => socket.connected && join(), 2000);
       return;
     }
     show(ack.meter);
     clearInterval(heartbeat);
-    heartbeat = setInterval(() => socket.emit('heartbeat', { chatId }), ack.heartbeatIntervalMs / 2);
+    // volatile: a heartbeat that can't go out now is dropped, not queued for the reconnect
+    heartbeat = setInterval(() => socket.volatile.emit('heartbeat', { chatId }), ack.heartbeatIntervalMs / 2);
   });
-});
+}
+
+socket.on('connect', join);
 socket.on('connect_error', (err) => ($('state').textContent = `not connected: ${err.message}`));
-socket.on('disconnect', () => ($('state').textContent = 'disconnected'));
+socket.on('disconnect', () => {
+  clearInterval(heartbeat);
+  $('state').textContent = 'disconnected';
+});
 socket.on('meter', show);
 socket.on('chat:ended', (e) => {
   if (e.chatId !== chatId) return;

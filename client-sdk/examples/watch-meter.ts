@@ -40,9 +40,10 @@ socket.on('connect', () => {
     console.log(`joined ${chatId} (record ${ack.meter.recordId}); chat is ${ack.chat.status}`);
     console.log(line(ack.meter));
     clearInterval(heartbeat);
-    heartbeat = setInterval(() => socket.emit('heartbeat', { chatId }), Math.max(1000, ack.heartbeatIntervalMs / 2));
+    heartbeat = setInterval(() => socket.volatile.emit('heartbeat', { chatId }), Math.max(1000, ack.heartbeatIntervalMs / 2));
   });
 });
+socket.on('disconnect', () => clearInterval(heartbeat));
 socket.on('meter', (m) => {
   if (m.chatId === chatId) console.log(line(m));
 });

@@ -46,7 +46,7 @@ export class Ticker {
   private running: Promise<void> | null = null;
   private soon = new Map<string, Array<{ resolve: (o: SettleOutcome | undefined) => void; reject: (e: unknown) => void }>>();
   private soonTimer: unknown = null;
-  private soonRunning = false;
+  private soonFlush: Promise<void> | null = null;
   private stopped = true;
   /** Absence before this instant doesn't count towards abandonment. */
   readonly startedAt: number;
@@ -72,10 +72,10 @@ export class Ticker {
     if (this.timer !== null) this.d.clock.clearTimeout(this.timer);
     this.timer = null;
     await this.running;
-    if (this.soonTimer !== null) {
-      this.d.clock.clearTimeout(this.soonTimer);
-      await this.flushSoon();
-    }
+    if (this.soonTimer !== null) this.d.clock.clearTimeout(this.soonTimer);
+    this.soonTimer = null;
+    // what was asked for before the stop is settled before it returns
+    while (this.soonFlush || this.soon.size) await (this.soonFlush ?? this.flushSoon());
   }
 
   /** Meters this chat from the next tick on. */
@@ -122,41 +122,38 @@ export class Ticker {
    * not one transaction per chat. Resolves with the chat's outcome.
    */
   settleSoon(chatId: string): Promise<SettleOutcome | undefined> {
+    // once stopped, nothing waits for a batch: settle at once
+    if (this.stopped) return this.settleNow([{ chatId }]).then((o) => o[0]);
     return new Promise((resolve, reject) => {
       const waiters = this.soon.get(chatId) ?? [];
       waiters.push({ resolve, reject });
       this.soon.set(chatId, waiters);
-      if (!this.soonTimer && !this.soonRunning) this.soonTimer = this.d.clock.setTimeout(() => void this.flushSoon(), 0);
+      if (this.soonTimer === null && !this.soonFlush) this.soonTimer = this.d.clock.setTimeout(() => void this.flushSoon(), 0);
     });
   }
 
-  private async flushSoon(): Promise<void> {
+  private flushSoon(): Promise<void> {
     this.soonTimer = null;
-    this.soonRunning = true;
     const batch = this.soon;
     this.soon = new Map();
-    try {
-      const ids = [...batch.keys()];
-      const outcomes = new Map<string, SettleOutcome>();
-      for (let i = 0; i < ids.length; i += 500) {
-        for (const o of await this.settleNow(ids.slice(i, i + 500).map((chatId) => ({ chatId })))) outcomes.set(o.chatId, o);
+    this.soonFlush = (async () => {
+      const { outcomes, failures } = await this.settleMany([...batch.keys()]);
+      for (const [id, waiters] of batch) {
+        const err = failures.get(id);
+        for (const w of waiters) if (err === undefined) w.resolve(outcomes.get(id));
+        else w.reject(err);
       }
-      for (const [id, waiters] of batch) for (const w of waiters) w.resolve(outcomes.get(id));
-    } catch (err) {
-      for (const waiters of batch.values()) for (const w of waiters) w.reject(err);
-    } finally {
-      this.soonRunning = false;
+    })().finally(() => {
+      this.soonFlush = null;
       // what arrived while this batch ran goes out as the next one
-      if (this.soon.size) this.soonTimer = this.d.clock.setTimeout(() => void this.flushSoon(), 0);
-    }
+      if (this.soon.size && !this.stopped) this.soonTimer = this.d.clock.setTimeout(() => void this.flushSoon(), 0);
+    });
+    return this.soonFlush;
   }
 
-  /** Settles every metered chat once (at shutdown). */
+  /** Settles every metered chat once (at shutdown), carrying on past a failed batch. */
   async settleAll(): Promise<void> {
-    const ids = [...this.chats.keys()];
-    for (let i = 0; i < ids.length; i += 500) {
-      await this.settleNow(ids.slice(i, i + 500).map((chatId) => ({ chatId })));
-    }
+    await this.settleMany([...this.chats.keys()]);
   }
 
   private absorb(outcomes: SettleOutcome[]): void {
@@ -201,30 +198,37 @@ export class Ticker {
     if (ids.length === 0) return;
     const started = performance.now();
     try {
-      await this.settleIsolating(ids);
+      await this.settleMany(ids);
     } finally {
       this.d.metrics.observeSlot((performance.now() - started) / 1000, ids.length);
     }
   }
 
   /**
-   * Settles a batch; when the database refuses it for its data (not for being
-   * down), splits it in halves and retries, so one bad chat can't stop the
-   * metering of the others in its bucket, and the log names that chat.
+   * Settles chats in batches of 500. A batch the database refuses for its data (not
+   * for being down) is halved and retried, so one bad chat can't stop the others
+   * and the log names it. Never throws: returns each chat's outcome or error.
    */
-  private async settleIsolating(ids: string[]): Promise<void> {
-    try {
-      await this.settleNow(ids.map((chatId) => ({ chatId })));
-    } catch (err) {
-      if (ids.length > 1 && refusedForData(err)) {
-        const half = Math.ceil(ids.length / 2);
-        await this.settleIsolating(ids.slice(0, half));
-        await this.settleIsolating(ids.slice(half));
-        return;
+  private async settleMany(ids: string[]): Promise<{ outcomes: Map<string, SettleOutcome>; failures: Map<string, unknown> }> {
+    const outcomes = new Map<string, SettleOutcome>();
+    const failures = new Map<string, unknown>();
+    const run = async (part: string[]): Promise<void> => {
+      try {
+        for (const o of await this.settleNow(part.map((chatId) => ({ chatId })))) outcomes.set(o.chatId, o);
+      } catch (err) {
+        if (part.length > 1 && refusedForData(err)) {
+          const half = Math.ceil(part.length / 2);
+          await run(part.slice(0, half));
+          await run(part.slice(half));
+          return;
+        }
+        for (const id of part) failures.set(id, err);
+        this.d.metrics.settlementError();
+        this.d.log.error({ err, chats: part.length, chatIds: part.slice(0, 20), ...(part.length === 1 ? { chatId: part[0] } : {}) }, 'settlement failed');
       }
-      this.d.metrics.settlementError();
-      this.d.log.error({ err, chats: ids.length, chatIds: ids.slice(0, 20), ...(ids.length === 1 ? { chatId: ids[0] } : {}) }, 'tick settlement failed');
-    }
+    };
+    for (let i = 0; i < ids.length; i += 500) await run(ids.slice(i, i + 500));
+    return { outcomes, failures };
   }
 }
 

@@ -120,13 +120,19 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     d.metrics.sockets.inc();
     void socket.join(principal.role === 'user' ? `user:${principal.sub}` : `advisor:${principal.sub}`);
     const log = d.log.child({ socketId: socket.id, [principal.role === 'user' ? 'userId' : 'advisorId']: principal.sub });
+    // at the token's expiry the transport closes: the meter stops at once (disconnect) and the
+    // client reconnects through the handshake with a fresh token; beyond setTimeout's range the
+    // per-event check alone applies
+    const untilExpiry = socket.data.expiresAt - d.clock.now();
+    const expiry = untilExpiry < 2 ** 31 - 1 ? d.clock.setTimeout(() => socket.conn.close(), Math.max(0, untilExpiry)) : null;
 
     /** Registers a handler: rate limit → validate → act → ack, every failure answered with a code. */
     const handle = <S extends z.ZodType, R extends object>(event: keyof ClientToServerEvents, schema: S, act: (p: z.infer<S>) => Promise<R>) => {
       socket.on(event, async (...args: unknown[]) => {
         const ack = typeof args[args.length - 1] === 'function' ? (args.pop() as (a: unknown) => void) : undefined;
         try {
-          if (d.clock.now() >= socket.data.expiresAt) {
+          // leaving is always allowed: it only stops a meter
+          if (event !== 'chat:leave' && d.clock.now() >= socket.data.expiresAt) {
             throw new DomainError(ErrorCode.Unauthorized, 'the token has expired: reconnect with a fresh one');
           }
           await consume(perSocket, socket.id);
@@ -234,6 +240,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     }
 
     socket.on('disconnect', () => {
+      if (expiry !== null) d.clock.clearTimeout(expiry);
       d.metrics.sockets.dec();
       if (d.isClosing()) return;
       for (const chatId of [...socket.data.chats.keys()]) {
