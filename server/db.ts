@@ -95,8 +95,3 @@ function alive(pid: number): boolean {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
-
-/** True when the data source is the embedded database (one connection, no real concurrency). */
-export function isEmbedded(target: DbTarget): boolean {
-  return !target.databaseUrl;
-}

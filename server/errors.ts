@@ -43,9 +43,3 @@ export class ConflictError extends DomainError {
     super(ErrorCode.Conflict, message);
   }
 }
-
-/** True for a Postgres error with this SQLSTATE (e.g. '23505' unique violation). */
-export function isPgError(err: unknown, code: string): boolean {
-  const e = err as { code?: string; driverError?: { code?: string } } | null;
-  return e?.code === code || e?.driverError?.code === code;
-}

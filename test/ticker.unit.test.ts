@@ -6,9 +6,13 @@ import { LocalPresence } from '../server/metering/presence.js';
 import type { SettleItem, SettleOutcome, SettlementService } from '../server/metering/settlement.js';
 import { Ticker, bucketOf } from '../server/metering/ticker.js';
 
-/** A settlement engine stand-in that records each call and can take (fake) time. */
 type FakeClock = ReturnType<typeof FakeTimers.createClock>;
 
+/**
+ * A settlement engine stand-in that records each call and can take (fake) time.
+ * `fail` fails every batch as a database that is down would; a batch holding a
+ * chat named `poison` is refused for its data (SQLSTATE 23514), as a bad row would be.
+ */
 function fakeEngine(clock: FakeClock, workMs = 0, fail = false) {
   const calls: Array<{ at: number; ids: string[] }> = [];
   let inFlight = 0;
@@ -17,11 +21,17 @@ function fakeEngine(clock: FakeClock, workMs = 0, fail = false) {
     async settleBatch(items: SettleItem[], now: number): Promise<SettleOutcome[]> {
       inFlight++;
       maxInFlight = Math.max(maxInFlight, inFlight);
-      calls.push({ at: now, ids: items.map((i) => i.chatId) });
+      const ids = items.map((i) => i.chatId);
+      if (ids.includes('poison')) {
+        inFlight--;
+        throw Object.assign(new Error('check violation'), { code: '23514' });
+      }
+      calls.push({ at: now, ids });
       if (workMs) await new Promise((r) => clock.setTimeout(r, workMs));
       inFlight--;
       if (fail) throw new Error('database down');
-      return [];
+      // refusals publish and track nothing: enough for the ticker to hand each caller its chat
+      return ids.map((chatId) => ({ chatId, ok: false, error: new Error('stub') }) as unknown as SettleOutcome);
     },
   };
   return { engine: engine as unknown as SettlementService, calls, maxInFlight: () => maxInFlight };
@@ -107,32 +117,12 @@ describe('ticker (fake clock)', () => {
   });
 
   it('isolates a chat the database refuses, so the rest of its bucket is still settled', async () => {
-    const clock = FakeTimers.createClock(1_000_000);
-    const settled: string[] = [];
-    let errors = 0;
-    const engine = {
-      async settleBatch(items: SettleItem[]): Promise<SettleOutcome[]> {
-        if (items.some((i) => i.chatId === 'poison')) throw Object.assign(new Error('check violation'), { code: '23514' });
-        settled.push(...items.map((i) => i.chatId));
-        return [];
-      },
-    } as unknown as SettlementService;
-    const ticker = new Ticker({
-      clock: { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) },
-      engine,
-      presence: new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 }),
-      log: pino({ level: 'silent' }),
-      metrics: { observeSlot: () => {}, settlementError: () => errors++, activeChatsCount: () => {} },
-      publish: () => {},
-      loadActiveChatIds: async () => ['a', 'b', 'poison', 'c', 'd', 'e'],
-      tickMs: 1000,
-      buckets: 1,
-    });
+    const { clock, ticker, calls, counts, stop } = build({ chats: ['a', 'b', 'poison', 'c', 'd', 'e'], buckets: 1 });
     await ticker.start();
     await clock.tickAsync(1000);
-    expect(settled.sort()).to.deep.equal(['a', 'b', 'c', 'd', 'e']);
-    expect(errors).to.equal(1);
-    await ticker.stop();
+    expect(calls.flatMap((c) => c.ids).sort()).to.deep.equal(['a', 'b', 'c', 'd', 'e']);
+    expect(counts.errors).to.equal(1);
+    await stop();
   });
 
   it('stops scheduling after stop()', async () => {
@@ -158,28 +148,12 @@ describe('ticker (fake clock)', () => {
   });
 
   it('answers each settleSoon caller for its own chat when the database refuses another in the batch', async () => {
-    const clock = FakeTimers.createClock(1_000_000);
-    const engine = {
-      async settleBatch(items: SettleItem[]): Promise<SettleOutcome[]> {
-        if (items.some((i) => i.chatId === 'poison')) throw Object.assign(new Error('check violation'), { code: '23514' });
-        return items.map((i) => ({ chatId: i.chatId, ok: false, error: new Error('stub') }) as unknown as SettleOutcome);
-      },
-    } as unknown as SettlementService;
-    const ticker = new Ticker({
-      clock: { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) },
-      engine,
-      presence: new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 }),
-      log: pino({ level: 'silent' }),
-      metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
-      publish: () => {},
-      loadActiveChatIds: async () => [],
-      tickMs: 1000,
-    });
+    const { clock, ticker, stop } = build({ chats: [] });
     await ticker.start();
     const results = ['a', 'b', 'poison', 'c'].map((id) => ticker.settleSoon(id).then((o) => o?.chatId, (e: Error) => `refused: ${e.message}`));
     await clock.tickAsync(10);
     expect(await Promise.all(results)).to.deep.equal(['a', 'b', 'refused: check violation', 'c']);
-    await ticker.stop();
+    await stop();
   });
 
   it('waits on stop() for presence settlements in flight and queued, and settles at once after', async () => {

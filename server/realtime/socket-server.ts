@@ -58,10 +58,9 @@ export interface RealtimeDeps {
 
 // ids may contain ':' but never '/': `pair:a:b/c` can't be two pairs
 const pairRoom = (userId: string, advisorId: string) => `pair:${userId}/${advisorId}`;
-const KNOWN_EVENTS = new Set(['chat:join', 'chat:leave', 'heartbeat', 'chat:start', 'chat:pause', 'chat:resume', 'chat:end']);
 
 /** Room names a chat's pushes go to. */
-export function meterRooms(userId: string, advisorId: string): string[] {
+function meterRooms(userId: string, advisorId: string): string[] {
   return [pairRoom(userId, advisorId), `advisor:${advisorId}`];
 }
 
@@ -152,7 +151,8 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     };
 
     socket.onAny((event: string, ...args: unknown[]) => {
-      if (KNOWN_EVENTS.has(event)) return;
+      // events with a handler answer for themselves
+      if (socket.listeners(event as keyof ClientToServerEvents).length > 0) return;
       d.metrics.rejectedEvents.inc({ code: ErrorCode.BadRequest });
       const ack = args[args.length - 1];
       if (typeof ack === 'function') ack({ ok: false, error: { code: ErrorCode.BadRequest, message: `unknown event ${String(event).slice(0, 64)}` } });
