@@ -174,6 +174,14 @@ describe('billing rules (pure)', () => {
       expect(thenAgain(b, { presence: present(s(31)) }, s(33.5)).chat.durationSeconds).to.equal(12);
     });
 
+    it('does not move billing past a span that covers nothing yet, so a span replacing it bills from its own start', () => {
+      // a join stamped at s(0.001) by a clock ahead of the tick's, then left before the tick: an empty span
+      const a = when({ presence: { since: s(0.001), until: s(0), lastHeartbeatAt: s(0.001) } }, s(0));
+      expect(a.chat.settledUntil).to.equal(s(0));
+      // the user rejoins at s(0) and stays three whole seconds: all three are billed (found by the property test)
+      expect(thenAgain(a, { presence: present(s(0)) }, s(3)).chat.durationSeconds).to.equal(3);
+    });
+
     it('stops the meter the moment the last socket left', () => {
       const r = when({ presence: left(s(0), s(12.5)) }, s(40));
       expect(r.chat.durationSeconds).to.equal(12);

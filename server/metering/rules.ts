@@ -151,8 +151,12 @@ export function settle(input: SettleInput): SettleResult {
     if (presence) {
       // presence that began after the last settlement: the gap before it is never billed,
       // even when the span was stamped after `now` (a join racing this tick, another node's clock)
-      if (presence.since > from) from = presence.since;
       const to = Math.min(now, presence.until);
+      if (presence.since > from) {
+        // but a span that covers nothing yet (stamped ahead of `now`, or already over) moves billing
+        // no further than `to`: a later span starting before its `since` must still bill from there
+        from = presence.since < to ? presence.since : Math.max(from, to);
+      }
       const seconds = to > from ? Math.floor((to - from) / SECOND) : 0;
 
       freeBilled = Math.min(seconds, freeSecondsRemaining(allowance));
