@@ -15,14 +15,19 @@ import { createClient, type RedisClientType } from 'redis';
 import { Server } from 'socket.io';
 import type { DataSource } from 'typeorm';
 import { Accounts } from './accounts.js';
+import { type Cluster, LocalCluster } from './cluster/cluster.js';
+import { DatabaseClock, skewedClock } from './cluster/database-clock.js';
+import { PostgresCluster } from './cluster/postgres-cluster.js';
 import { type Clock, systemClock } from './clock.js';
 import type { Config } from './config.js';
 import { createDataSource } from './db.js';
 import { apiRouter, errorHandler } from './http/api.js';
 import { type Logger, createLogger } from './log.js';
 import { MeterService } from './metering/meter-service.js';
+import { MirroredPresence } from './metering/mirrored-presence.js';
 import { LocalPresence, type PresenceStore } from './metering/presence.js';
 import { TimeRecords } from './metering/records.js';
+import { RedisPresence } from './metering/redis-presence.js';
 import { SettlementService } from './metering/settlement.js';
 import { Ticker } from './metering/ticker.js';
 import { Metrics } from './metrics.js';
@@ -33,10 +38,14 @@ import { Tokens } from './tokens.js';
 export interface AppDeps {
   /** An initialized data source to use (not destroyed by `close`). */
   dataSource?: DataSource;
+  /** The clock, used as it is; by default the system clock corrected to the database's. */
   clock?: Clock;
   logger?: Logger;
   nodeId?: string;
-  /** Key prefix of the socket.io Redis adapter (tests isolate themselves with a random one). */
+  /**
+   * Prefix of every Redis key and channel; by default `chatmeter:{cluster id}`, the id kept in
+   * the database, so clusters on different databases can share one Redis.
+   */
   redisKeyPrefix?: string;
   rateLimit?: { perSocket: number; perPrincipal: number };
   /** Phase buckets per tick. */
@@ -54,12 +63,15 @@ export interface App {
   log: Logger;
   metrics: Metrics;
   ticker: Ticker;
+  cluster: Cluster;
   services: { accounts: Accounts; engine: SettlementService; meters: MeterService; records: TimeRecords; presence: PresenceStore; tokens: Tokens };
   /** Starts the ticker and listens on `port` (0 for an ephemeral one); resolves to the bound port. */
   listen(port: number): Promise<number>;
   /**
-   * Ordered shutdown: unready, stop accepting, settle every open meter, close sockets,
-   * Redis, then the database. With `exit`, ends the process afterwards.
+   * Ordered shutdown (a drain): unready, stop accepting, end this node's presence,
+   * settle every meter it settles, hand its leases over at once, close the sockets'
+   * transports so clients reconnect elsewhere, then Redis and the database. With
+   * `exit`, ends the process afterwards.
    */
   close(opts?: { exit?: boolean }): Promise<void>;
 }
@@ -68,7 +80,6 @@ export interface App {
 export async function createApp(config: Config, deps: AppDeps = {}): Promise<App> {
   const nodeId = deps.nodeId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const log = deps.logger ?? createLogger(config.logLevel, nodeId);
-  const clock = deps.clock ?? systemClock;
   const metrics = new Metrics();
 
   const ownsDs = !deps.dataSource;
@@ -77,12 +88,36 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   const applied = await ds.runMigrations({ transaction: 'each' });
   if (applied.length) log.info({ migrations: applied.map((m) => m.name) }, 'migrations applied');
 
+  // one clock for billing: the database's (tests that drive time inject theirs)
+  const dbClock = deps.clock ? null : new DatabaseClock(skewedClock(systemClock, config.test.clockSkewMs), ds, log, (ms) => metrics.clockOffset.set(ms / 1000));
+  await dbClock?.start();
+  const clock: Clock = deps.clock ?? dbClock!;
+
   const policy = { abandonTimeoutMs: config.abandonTimeoutMs, lowBalanceSeconds: config.lowBalanceSeconds };
   const accounts = new Accounts(ds, { freeTimeSeconds: config.freeTimeSeconds });
   const engine = new SettlementService(ds, policy);
   const records = new TimeRecords(ds);
   const tokens = new Tokens(config.jwtSecret);
-  const presence = new LocalPresence(config);
+
+  const redis = config.redisUrl ? await connectRedis(config.redisUrl, log, metrics) : null;
+  const keyPrefix = deps.redisKeyPrefix ?? `chatmeter:${await clusterId(ds)}`;
+  const local = new LocalPresence(config);
+  const mirrored = redis
+    ? new MirroredPresence(local, new RedisPresence(redis.pub, config, keyPrefix), () => redis.pub.isReady, log, (d) =>
+        metrics.presenceDegraded.set(d ? 1 : 0),
+      )
+    : null;
+  const presence: PresenceStore = mirrored ?? local;
+  if (redis && mirrored) {
+    await mirrored.resync(() => clock.now());
+    redis.pub.on('ready', () => void mirrored.resync(() => clock.now()));
+    redis.pub.on('reconnecting', () => mirrored.lost());
+    redis.pub.on('end', () => mirrored.lost());
+  }
+  // with Redis, many nodes share the database: leases in Postgres say who settles what on the clock
+  const cluster: Cluster = redis
+    ? new PostgresCluster(ds, { nodeId, leaseMs: config.clusterLeaseMs, log, metrics })
+    : new LocalCluster(nodeId);
 
   let ready = false;
   let closing = false;
@@ -104,11 +139,17 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       log.warn({ err }, 'readiness: database unreachable');
     }
     if (redis) checks.redis = redis.pub.isReady && redis.sub.isReady;
-    const ok = ready && !closing && Object.values(checks).every(Boolean);
-    res.status(ok ? 200 : 503).json({ ok, checks });
+    // without Redis a node still meters the users present on it: ready, but degraded (SPEC 6)
+    const degraded = [...(redis && !checks.redis ? ['redis'] : []), ...(mirrored?.degraded ? ['presence'] : [])];
+    const ok = ready && !closing && checks.database;
+    res.status(ok ? 200 : 503).json({ ok, checks, degraded, node: nodeId, cluster: cluster.status() });
   });
   app.use('/demo', express.static(DEMO_DIR, { index: false }));
   app.get('/metrics', async (_req, res) => {
+    const status = cluster.status();
+    metrics.leaseShards.set(status.shards);
+    metrics.clusterNodes.set(status.nodes);
+    if (redis) metrics.redisUp.set(redis.pub.isReady && redis.sub.isReady ? 1 : 0);
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
@@ -119,9 +160,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     // CORS alone doesn't protect websockets: refuse handshakes from foreign browser origins
     allowRequest: (req, cb) => cb(null, originAllowed(req.headers.origin, req.headers.host, config.corsOrigins)),
   });
-
-  const redis = config.redisUrl ? await connectRedis(config.redisUrl, log, metrics) : null;
-  if (redis) io.adapter(createAdapter(redis.pub, redis.sub, { key: deps.redisKeyPrefix ?? 'chatmeter' }));
+  if (redis) io.adapter(createAdapter(redis.pub, redis.sub, { key: keyPrefix }));
 
   const publish = createPublisher(io, log, metrics);
   const ticker = new Ticker({
@@ -133,8 +172,22 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     publish,
     tickMs: config.meterTickMs,
     buckets: deps.tickBuckets,
+    cluster,
     loadActiveChatIds: async () => (await ds.query(`SELECT id FROM chats WHERE status = 'active' ORDER BY id`)).map((r: { id: string }) => r.id),
+    // while Redis is down, each node meters the users present on it (the fence keeps money exact)
+    localOnly: () => mirrored?.degraded ?? false,
+    settlesUnowned: (chatId) => config.test.settleUnowned || (mirrored !== null && mirrored.degraded && mirrored.presentHere(chatId, clock.now())),
+    // the node that leases a chat started elsewhere hears of it at once, or at the next rescan
+    onTracked: redis ? (chatIds) => io.serverSideEmit('chats:tracked', chatIds) : undefined,
+    rescanMs: redis ? 5000 : undefined,
   });
+  cluster.onAcquired(() => void ticker.rescan());
+  if (redis) {
+    io.on('chats:tracked', (chatIds: unknown) => {
+      if (Array.isArray(chatIds)) for (const id of chatIds) if (typeof id === 'string') ticker.track(id);
+    });
+    io.on('cluster:changed', () => cluster.poke());
+  }
   const meters = new MeterService(accounts, engine, records, presence, ticker, clock);
   attachRealtime(io, {
     tokens,
@@ -169,6 +222,16 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   });
   app.use(errorHandler(log));
 
+  /** Tells the other nodes to look at the cluster now (best effort: they look every lease/3 anyway). */
+  const announce = () => {
+    if (!redis) return;
+    try {
+      io.serverSideEmit('cluster:changed');
+    } catch (err) {
+      log.warn({ err }, 'announcing a cluster change failed');
+    }
+  };
+
   return {
     nodeId,
     http,
@@ -177,24 +240,30 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     log,
     metrics,
     ticker,
+    cluster,
     services: { accounts, engine, meters, records, presence, tokens },
     async listen(port) {
-      singleNode = await claimSingleNode(ds, Boolean(config.databaseUrl), nodeId, () => {
-        // another node runs on this database now: this one stops metering and says so
-        ready = false;
-        log.fatal({}, 'lost the single-node lock to another node; metering stopped here');
-        metrics.backgroundErrors.inc({ where: 'single_node_lock' });
-        ticker.stop().catch(() => undefined);
-        deps.onLostSingleNode?.();
-      });
+      // without Redis, nodes can't share presence: one node per database, and the error says why
+      if (!redis) {
+        singleNode = await claimSingleNode(ds, Boolean(config.databaseUrl), nodeId, () => {
+          // another node runs on this database now: this one stops metering and says so
+          ready = false;
+          log.fatal({}, 'lost the single-node lock to another node; metering stopped here');
+          metrics.backgroundErrors.inc({ where: 'single_node_lock' });
+          ticker.stop().catch(() => undefined);
+          deps.onLostSingleNode?.();
+        });
+      }
+      await cluster.start();
       await ticker.start();
       await new Promise<void>((resolve, reject) => {
         http.once('error', reject);
         http.listen(port, () => resolve());
       });
       ready = true;
+      announce();
       const bound = (http.address() as { port: number }).port;
-      log.info({ port: bound, chats: ticker.size }, 'listening');
+      log.info({ port: bound, chats: ticker.size, shards: cluster.status().shards, clockOffsetMs: dbClock?.offset ?? 0 }, 'listening');
       return bound;
     },
     async close(opts = {}) {
@@ -204,10 +273,19 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       log.info({ chats: ticker.size }, 'shutting down');
       const stopped = new Promise<void>((resolve) => http.close(() => resolve()));
       await ticker.stop();
+      dbClock?.stop();
+      // this node's sockets stop counting now: their users are away until they reconnect elsewhere
+      if (mirrored) await withTimeout(mirrored.releaseAll(clock.now()), 2000);
       try {
         await ticker.settleAll();
       } catch (err) {
-        log.error({ err }, 'final settlement failed; the next node to start picks these chats up');
+        log.error({ err }, 'final settlement failed; the next node to take these chats over settles them');
+      }
+      try {
+        await cluster.leave();
+        announce();
+      } catch (err) {
+        log.error({ err }, 'handing leases over failed; they expire by themselves');
       }
       // closing the transports (not a DISCONNECT packet) lets clients reconnect to another or restarted node;
       // with Redis gone the adapter's unsubscribe never answers: don't let it hold the shutdown
@@ -215,6 +293,8 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       http.closeAllConnections();
       await stopped;
       if (redis) {
+        // a deliberate close, not an outage
+        for (const c of [redis.pub, redis.sub]) c.removeAllListeners('end').removeAllListeners('reconnecting');
         const closed = await withTimeout(Promise.allSettled([redis.pub.close(), redis.sub.close()]), 2000);
         if (!closed) for (const c of [redis.pub, redis.sub]) if (c.isOpen) c.destroy();
       }
@@ -224,6 +304,13 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       if (opts.exit) process.exit(0);
     },
   };
+}
+
+/** The cluster's id, kept in the database: every node of one database shares it. */
+async function clusterId(ds: DataSource): Promise<string> {
+  const rows: Array<{ value: string }> = await ds.query(`SELECT value FROM cluster_settings WHERE key = 'cluster_id'`);
+  if (!rows[0]) throw new Error('cluster_settings has no cluster_id: run the migrations');
+  return rows[0].value;
 }
 
 /** The demo pages, from the sources (tsx) or from the built `dist/server` alike. */
@@ -239,10 +326,10 @@ export class NodeConflictError extends Error {
 const SINGLE_NODE_LOCK = 0x63686d74; // "chmt"
 
 /**
- * One node per database until chat ownership and shared presence land: two nodes
- * would each meter every active chat with their own presence and flip meters
- * between running and away. A session advisory lock on a connection of its own
- * says which node runs; PGlite needs none (its directory lock admits one process).
+ * Without Redis, one node per database: two nodes could not see each other's sockets
+ * and would flip meters between running and away. A session advisory lock on a
+ * connection of its own says which node runs; PGlite needs none (its directory lock
+ * admits one process).
  */
 async function claimSingleNode(
   ds: DataSource,
@@ -262,7 +349,7 @@ async function claimSingleNode(
   let runner = await lock();
   if (!runner) {
     throw new NodeConflictError(
-      `another chatmeter node already runs on this database; one node per database is supported for now (node ${nodeId} refused to start)`,
+      `another chatmeter node already runs on this database; without REDIS_URL only one node may run per database: set REDIS_URL on every node to run several (node ${nodeId} refused to start)`,
     );
   }
   // the lock lives as long as its session: when the session dies (a database restart, a proxy)
@@ -336,7 +423,9 @@ interface RedisPair {
  * a Redis restart and resubscribe by themselves.
  */
 async function connectRedis(url: string, log: Logger, metrics: Metrics): Promise<RedisPair> {
-  const pub: RedisClientType = createClient({ url });
+  // no offline queue: a command or publish made while Redis is down fails at once instead of
+  // waiting to go out as a stale burst when it returns
+  const pub: RedisClientType = createClient({ url, disableOfflineQueue: true });
   const sub: RedisClientType = pub.duplicate();
   for (const [name, c] of [['pub', pub], ['sub', sub]] as const) {
     c.on('error', (err: unknown) => {

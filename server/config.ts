@@ -23,6 +23,10 @@ const schema = z.object({
     emptyAsUnset,
     z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   ),
+  CLUSTER_LEASE_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().min(300).max(60_000).default(1500)),
+  // test hooks: a node whose clock is wrong, and a node that settles chats it holds no lease on
+  CHATMETER_TEST_CLOCK_SKEW_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().default(0)),
+  CHATMETER_TEST_SETTLE_UNOWNED: z.preprocess(emptyAsUnset, z.enum(['0', '1']).default('0')),
 });
 
 /** The validated configuration of one node (SPEC section 4). */
@@ -44,6 +48,15 @@ export interface Config {
   lowBalanceSeconds: number;
   corsOrigins: string[];
   logLevel: string;
+  /** How long a settlement lease and a node's membership last without renewal (many nodes). */
+  clusterLeaseMs: number;
+  /** Test hooks, never set in production. */
+  test: {
+    /** Added to this node's clock (the database clock sync must correct it). */
+    clockSkewMs: number;
+    /** Settle every chat on every tick, leased or not, without a fence (two settlers at once). */
+    settleUnowned: boolean;
+  };
 }
 
 /** Thrown with every bad variable listed, so the operator fixes them all at once. */
@@ -51,14 +64,28 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-/** Reads and validates the environment; nothing else in the server reads `process.env`. */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+/**
+ * Reads and validates the environment; nothing else in the server reads `process.env`.
+ * With `node` (a server about to serve, not a CLI), a node on `DATABASE_URL` must be given
+ * the cluster's shared API key and JWT secret instead of generating its own.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { node?: boolean } = {}): Config {
   const parsed = schema.safeParse(env);
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message} (got ${JSON.stringify(env[String(i.path[0])])})`);
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
   const e = parsed.data;
+  // nodes of one database form one cluster: a token minted on one must be valid on all, so
+  // random per-process secrets would break it; only the embedded single-node database generates them
+  if (opts.node && e.DATABASE_URL) {
+    const missing = (['CHATMETER_API_KEY', 'CHATMETER_JWT_SECRET'] as const).filter((k) => !e[k]);
+    if (missing.length) {
+      throw new ConfigError(
+        `invalid configuration:\n${missing.map((k) => `  ${k}: required with DATABASE_URL (every node of the cluster must share it)`).join('\n')}`,
+      );
+    }
+  }
   return {
     port: e.PORT,
     databaseUrl: e.DATABASE_URL ?? null,
@@ -75,5 +102,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     lowBalanceSeconds: e.LOW_BALANCE_SECONDS,
     corsOrigins: (e.CORS_ORIGINS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     logLevel: e.LOG_LEVEL,
+    clusterLeaseMs: e.CLUSTER_LEASE_MS,
+    test: { clockSkewMs: e.CHATMETER_TEST_CLOCK_SKEW_MS, settleUnowned: e.CHATMETER_TEST_SETTLE_UNOWNED === '1' },
   };
 }

@@ -43,3 +43,14 @@ export class ConflictError extends DomainError {
     super(ErrorCode.Conflict, message);
   }
 }
+
+/** A settlement on the clock whose lease this node no longer holds: another node settles the chat now. */
+export class LeaseLostError extends ConflictError {
+  override name = 'LeaseLostError';
+  constructor(
+    readonly shard: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}

@@ -6,7 +6,7 @@ import { loadDemo } from './demo.js';
 async function main(): Promise<void> {
   let config;
   try {
-    config = loadConfig();
+    config = loadConfig(process.env, { node: true });
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`chatmeter: ${err.message}\n`);
@@ -19,17 +19,10 @@ async function main(): Promise<void> {
   });
   const port = await app.listen(config.port);
   const base = `http://localhost:${port}`;
+  // secrets never go to the logs; a generated API key (embedded database only) is shown once on the terminal below
   app.log.info(
-    {
-      url: base,
-      database: config.databaseUrl ? 'postgres' : `pglite:${config.dataDir}`,
-      redis: Boolean(config.redisUrl),
-      ...(config.generatedSecrets.apiKey ? { apiKey: config.apiKey } : {}),
-      ...(config.generatedSecrets.jwtSecret ? { jwtSecret: config.jwtSecret } : {}),
-    },
-    config.generatedSecrets.apiKey || config.generatedSecrets.jwtSecret
-      ? 'chatmeter is up; set CHATMETER_API_KEY and CHATMETER_JWT_SECRET to keep these across restarts'
-      : 'chatmeter is up',
+    { url: base, database: config.databaseUrl ? 'postgres' : `pglite:${config.dataDir}`, redis: Boolean(config.redisUrl) },
+    'chatmeter is up',
   );
   const banner = [`chatmeter on ${base}`];
   if (config.generatedSecrets.apiKey) banner.push(`API key (this run only; set CHATMETER_API_KEY to keep one): ${config.apiKey}`);

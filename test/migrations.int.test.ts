@@ -3,6 +3,8 @@ import { QueryFailedError } from 'typeorm';
 import { freshDatabase, type TestDb } from './support/db.js';
 
 const TABLES = ['users', 'advisors', 'chats', 'free_time_allowances', 'conversation_time_records', 'ledger_entries'];
+const CLUSTER_TABLES = ['cluster_settings', 'cluster_nodes', 'settlement_shards'];
+const ALL = ['Initial1764300000000', 'Cluster1764400000000'];
 const INDEXES = ['chats_open_idx', 'chats_user_advisor_idx', 'conversation_time_records_pair_idx', 'ledger_entries_user_idx', 'ledger_entries_chat_idx'];
 
 describe('migrations (hand-written SQL, with a real down)', () => {
@@ -31,12 +33,21 @@ describe('migrations (hand-written SQL, with a real down)', () => {
     expect(await existing(TABLES)).to.deep.equal([]);
 
     const up = await db.ds.runMigrations({ transaction: 'each' });
-    expect(up.map((m) => m.name)).to.deep.equal(['Initial1764300000000']);
-    expect(await existing(TABLES)).to.deep.equal(TABLES);
+    expect(up.map((m) => m.name)).to.deep.equal(ALL);
+    expect(await existing([...TABLES, ...CLUSTER_TABLES])).to.deep.equal([...TABLES, ...CLUSTER_TABLES]);
     expect(await existing(INDEXES)).to.deep.equal(INDEXES);
-    expect(await applied()).to.deep.equal(['Initial1764300000000']);
+    expect(await applied()).to.deep.equal(ALL);
     expect(await db.ds.runMigrations({ transaction: 'each' }), 'nothing left to run').to.deep.equal([]);
+    // the cluster's id and its 64 free shards
+    const [{ id }] = await db.ds.query(`SELECT value AS id FROM cluster_settings WHERE key = 'cluster_id'`);
+    expect(id).to.match(/^[0-9a-f]{32}$/);
+    const [{ n, free }] = await db.ds.query(`SELECT count(*)::int AS n, count(*) FILTER (WHERE owner IS NULL)::int AS free FROM settlement_shards`);
+    expect({ n, free }).to.deep.equal({ n: 64, free: 64 });
 
+    await db.ds.undoLastMigration({ transaction: 'each' });
+    expect(await existing(CLUSTER_TABLES)).to.deep.equal([]);
+    expect(await existing(TABLES)).to.deep.equal(TABLES);
+    expect(await applied()).to.deep.equal(['Initial1764300000000']);
     await db.ds.undoLastMigration({ transaction: 'each' });
     expect(await existing(TABLES)).to.deep.equal([]);
     expect(await existing(INDEXES)).to.deep.equal([]);

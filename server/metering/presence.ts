@@ -104,4 +104,17 @@ export class LocalPresence implements PresenceStore {
   forget(chatId: string): void {
     this.chats.delete(chatId);
   }
+
+  /** True while a socket of this store keeps the user present in the chat at `now`. */
+  presentAt(chatId: string, now: number): boolean {
+    const p = this.chats.get(chatId);
+    return p !== undefined && p.since <= now && now < this.until(p);
+  }
+
+  /** Every joined socket with its latest heartbeat (to copy them into a shared store). */
+  *joined(): Iterable<{ chatId: string; socketId: string; heartbeatAt: number }> {
+    for (const [chatId, p] of this.chats) {
+      for (const [socketId, heartbeatAt] of p.sockets) if (Number.isFinite(heartbeatAt)) yield { chatId, socketId, heartbeatAt };
+    }
+  }
 }

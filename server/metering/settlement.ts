@@ -7,7 +7,9 @@
  */
 import type { DataSource, EntityManager } from 'typeorm';
 import { type EndReason, ErrorCode, type MeterSnapshot } from '../../client-sdk/src/protocol.js';
-import { BadRequestError, ConflictError, DomainError, ForbiddenError, NotFoundError } from '../errors.js';
+import type { Fence } from '../cluster/cluster.js';
+import { shardOf } from '../cluster/shards.js';
+import { BadRequestError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
 import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
   type Allowance,
@@ -50,6 +52,11 @@ export type SettleOutcome =
 export interface SettleOptions {
   /** Absence before this instant doesn't count towards abandonment (the node's start). */
   observedSince?: number;
+  /**
+   * Settle only chats whose shard lease the fence still holds (checked and share-locked
+   * in this transaction, so no takeover commits meanwhile); the others get a LeaseLostError.
+   */
+  fence?: Fence | null;
 }
 
 interface RecordRow {
@@ -179,6 +186,12 @@ export class SettlementService {
   }
 
   private async settleIn(em: EntityManager, items: SettleItem[], now: number, opts: SettleOptions): Promise<SettleOutcome[]> {
+    const fenced = opts.fence ? await this.checkFence(em, items, opts.fence) : [];
+    if (fenced.length) {
+      const refused = new Set(fenced.map((o) => o.chatId));
+      items = items.filter((i) => !refused.has(i.chatId));
+      if (!items.length) return fenced;
+    }
     const chatIds = [...new Set(items.map((i) => i.chatId))].sort();
     // user and advisor of a chat never change: read them without a lock to know what to lock
     const owners: Array<{ id: string; user_id: string; advisor_id: string }> = await em.query(
@@ -413,7 +426,32 @@ export class SettlementService {
         [JSON.stringify([...charges.values()].map((c) => ({ ...c, amount: formatAmount(c.amount) })))],
       );
     }
-    return [...outcomes, ...failures];
+    return [...outcomes, ...failures, ...fenced];
+  }
+
+  /**
+   * The fence: share-locks the shard rows this node still leases at the epochs it
+   * holds (so a takeover waits for this transaction), and refuses every item of
+   * any other shard. Checked against the database's clock, whatever this node's says.
+   */
+  private async checkFence(em: EntityManager, items: SettleItem[], fence: Fence): Promise<SettleOutcome[]> {
+    const shards = [...new Set(items.map((i) => shardOf(i.chatId)))].filter((s) => fence.epochs.has(s)).sort((a, b) => a - b);
+    const rows: Array<{ shard: number }> = shards.length
+      ? await em.query(
+          `SELECT shard FROM settlement_shards
+            WHERE owner = $1 AND expires_at > clock_timestamp()
+              AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
+            ORDER BY shard FOR SHARE`,
+          [fence.owner, shards, shards.map((s) => fence.epochs.get(s))],
+        )
+      : [];
+    const held = new Set(rows.map((r) => r.shard));
+    return items
+      .filter((i) => !held.has(shardOf(i.chatId)))
+      .map((i) => {
+        const shard = shardOf(i.chatId);
+        return { chatId: i.chatId, ok: false as const, error: new LeaseLostError(shard, `this node no longer holds the lease of shard ${shard}`) };
+      });
   }
 
   /**

@@ -6,16 +6,25 @@
  * don't drift; a slow slot delays the next one instead of overlapping it, and the
  * buckets that fell due meanwhile are settled together right after it.
  */
+import { type Cluster, type Fence, LocalCluster } from '../cluster/cluster.js';
+import { bucketOf } from '../cluster/shards.js';
 import type { Clock } from '../clock.js';
+import { LeaseLostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PresenceStore } from './presence.js';
 import type { SettleItem, SettleOutcome, SettlementService } from './settlement.js';
+
+export { bucketOf };
 
 /** What the ticker reports to metrics. */
 export interface TickerMetrics {
   observeSlot(seconds: number, chats: number): void;
   settlementError(): void;
   activeChatsCount(n: number): void;
+  /** How late a slot started after it was due. */
+  observeLag?(seconds: number): void;
+  /** Chats a settlement refused because this node's lease was gone. */
+  fenced?(chats: number): void;
 }
 
 /** The ticker's collaborators. */
@@ -27,11 +36,28 @@ export interface TickerDeps {
   metrics: TickerMetrics;
   /** Sends the outcomes' meters and events to sockets. */
   publish: (outcomes: SettleOutcome[]) => void;
-  /** Ids of every chat to meter when the ticker starts (active chats after a restart). */
+  /** Ids of every active chat (at start, after taking leases, and every `rescanMs`). */
   loadActiveChatIds: () => Promise<string[]>;
   tickMs: number;
   /** Phase buckets per tick. */
   buckets?: number;
+  /** Which chats this node settles on its schedule, under which fence (default: one node, every chat). */
+  cluster?: Cluster;
+  /**
+   * Chats settled on the schedule even though another node holds their lease: those
+   * of this node's own sockets while shared presence is down (the other nodes can't
+   * see them), or every chat in a test that forces two settlers.
+   */
+  settlesUnowned?: (chatId: string) => boolean;
+  /**
+   * While true (shared presence is down), chats are settled on the schedule only where
+   * `settlesUnowned` says so: a node that can't see other nodes' sockets would flip their meters to away.
+   */
+  localOnly?: () => boolean;
+  /** Called with chats this node started tracking from an outcome (to tell the other nodes). */
+  onTracked?: (chatIds: string[]) => void;
+  /** How often to reload the active chats (chats started on another node while the news was lost). */
+  rescanMs?: number;
 }
 
 /** Settles chats on the clock's schedule and on demand. */
@@ -48,6 +74,11 @@ export class Ticker {
   private soonTimer: unknown = null;
   private soonFlush: Promise<void> | null = null;
   private stopped = true;
+  private readonly cluster: Cluster;
+  private rescanTimer: unknown = null;
+  private rescanning: Promise<void> | null = null;
+  /** Chats tracked while a rescan was reading: kept whatever the rescan read. */
+  private trackedDuringRescan: Set<string> | null = null;
   /** Absence before this instant doesn't count towards abandonment. */
   readonly startedAt: number;
 
@@ -55,6 +86,7 @@ export class Ticker {
     this.buckets = Math.max(1, Math.min(d.buckets ?? 10, d.tickMs));
     this.sliceMs = d.tickMs / this.buckets;
     this.startedAt = d.clock.now();
+    this.cluster = d.cluster ?? alone();
   }
 
   /** Loads the chats to meter and starts the schedule. */
@@ -64,6 +96,39 @@ export class Ticker {
     this.origin = this.d.clock.now();
     this.nextSlot = 1;
     this.schedule();
+    if (this.d.rescanMs) this.scheduleRescan(this.d.rescanMs);
+  }
+
+  /**
+   * Reloads the active chats: those started on another node whose news was lost, and
+   * those that ended elsewhere stop being tracked here. Never throws.
+   */
+  rescan(): Promise<void> {
+    if (this.rescanning) return this.rescanning;
+    this.trackedDuringRescan = new Set();
+    this.rescanning = (async () => {
+      try {
+        const ids = await this.d.loadActiveChatIds();
+        const keep = new Set([...ids, ...this.trackedDuringRescan!]);
+        for (const id of [...this.chats.keys()]) if (!keep.has(id)) this.chats.delete(id);
+        for (const id of keep) if (!this.chats.has(id)) this.chats.set(id, bucketOf(id, this.buckets));
+        this.d.metrics.activeChatsCount(this.chats.size);
+      } catch (err) {
+        this.d.log.warn({ err }, 'reloading the active chats failed');
+      }
+    })().finally(() => {
+      this.rescanning = null;
+      this.trackedDuringRescan = null;
+    });
+    return this.rescanning;
+  }
+
+  private scheduleRescan(ms: number): void {
+    if (this.stopped) return;
+    this.rescanTimer = this.d.clock.setTimeout(() => {
+      this.rescanTimer = null;
+      void this.rescan().finally(() => this.scheduleRescan(ms));
+    }, ms);
   }
 
   /** Stops the schedule and waits for a slot in progress. */
@@ -71,6 +136,8 @@ export class Ticker {
     this.stopped = true;
     if (this.timer !== null) this.d.clock.clearTimeout(this.timer);
     this.timer = null;
+    if (this.rescanTimer !== null) this.d.clock.clearTimeout(this.rescanTimer);
+    this.rescanTimer = null;
     await this.running;
     if (this.soonTimer !== null) this.d.clock.clearTimeout(this.soonTimer);
     this.soonTimer = null;
@@ -78,8 +145,9 @@ export class Ticker {
     while (this.soonFlush || this.soon.size) await (this.soonFlush ?? this.flushSoon());
   }
 
-  /** Meters this chat from the next tick on. */
+  /** Meters this chat from the next tick on (where this node holds its lease). */
   track(chatId: string): void {
+    this.trackedDuringRescan?.add(chatId);
     if (!this.chats.has(chatId)) this.chats.set(chatId, bucketOf(chatId, this.buckets));
     this.d.metrics.activeChatsCount(this.chats.size);
   }
@@ -104,13 +172,13 @@ export class Ticker {
    * Settles these chats now (a command, a presence change) and publishes the
    * outcomes. Errors propagate to the caller.
    */
-  async settleNow(items: Array<Omit<SettleItem, 'presence'>>): Promise<SettleOutcome[]> {
+  async settleNow(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null = null): Promise<SettleOutcome[]> {
     const now = this.d.clock.now();
     const spans = await this.d.presence.spans(items.map((i) => i.chatId), now);
     const outcomes = await this.d.engine.settleBatch(
       items.map((i) => ({ ...i, presence: spans.get(i.chatId) ?? null })),
       now,
-      { observedSince: this.startedAt },
+      { observedSince: this.startedAt, fence },
     );
     this.absorb(outcomes);
     return outcomes;
@@ -151,20 +219,32 @@ export class Ticker {
     return this.soonFlush;
   }
 
-  /** Settles every metered chat once (at shutdown), carrying on past a failed batch. */
+  /** Settles every chat this node settles on its schedule once (at shutdown), carrying on past a failed batch. */
   async settleAll(): Promise<void> {
-    await this.settleMany([...this.chats.keys()]);
+    await this.settleDue([...this.chats.keys()]);
   }
 
   private absorb(outcomes: SettleOutcome[]): void {
+    const fenced: number[] = [];
+    const tracked: string[] = [];
     for (const o of outcomes) {
-      if (!o.ok) continue;
+      if (!o.ok) {
+        if (o.error instanceof LeaseLostError) fenced.push(o.error.shard);
+        continue;
+      }
       if (o.meter.state === 'ended') {
         this.untrack(o.chatId);
         this.d.presence.forget(o.chatId);
+      } else if (o.meter.state !== 'pending' && !this.chats.has(o.chatId)) {
+        this.track(o.chatId);
+        tracked.push(o.chatId);
       }
-      else if (o.meter.state !== 'pending') this.track(o.chatId);
     }
+    if (fenced.length) {
+      this.d.metrics.fenced?.(fenced.length);
+      this.cluster.lost([...new Set(fenced)]);
+    }
+    if (tracked.length) this.d.onTracked?.(tracked);
     this.d.publish(outcomes);
   }
 
@@ -179,7 +259,9 @@ export class Ticker {
     const due = this.origin + this.nextSlot * this.sliceMs;
     this.timer = this.d.clock.setTimeout(() => {
       this.timer = null;
-      const current = Math.floor((this.d.clock.now() - this.origin) / this.sliceMs);
+      const woke = this.d.clock.now();
+      this.d.metrics.observeLag?.(Math.max(0, woke - due) / 1000);
+      const current = Math.floor((woke - this.origin) / this.sliceMs);
       // at most one whole tick of buckets at once: every bucket once
       const first = Math.max(this.nextSlot, current - this.buckets + 1);
       const buckets = new Set<number>();
@@ -197,11 +279,30 @@ export class Ticker {
     for (const [id, b] of this.chats) if (buckets.has(b)) ids.push(id);
     if (ids.length === 0) return;
     const started = performance.now();
+    let settled = 0;
     try {
-      await this.settleMany(ids);
+      settled = await this.settleDue(ids);
     } finally {
-      this.d.metrics.observeSlot((performance.now() - started) / 1000, ids.length);
+      this.d.metrics.observeSlot((performance.now() - started) / 1000, settled);
     }
+  }
+
+  /**
+   * Settles those of `ids` this node settles on its schedule: the chats of its leased
+   * shards under their fence, and unowned ones `settlesUnowned` names, without one.
+   * Returns how many it settled.
+   */
+  private async settleDue(ids: string[]): Promise<number> {
+    const localOnly = this.d.localOnly?.() ?? false;
+    const unowned = this.d.settlesUnowned ?? (() => false);
+    const claimed = this.cluster.claim(ids);
+    let owned = claimed.chatIds;
+    if (localOnly) owned = owned.filter(unowned);
+    const ownedSet = new Set(claimed.chatIds);
+    const others = ids.filter((id) => !ownedSet.has(id) && unowned(id));
+    if (owned.length) await this.settleMany(owned, claimed.fence);
+    if (others.length) await this.settleMany(others, null);
+    return owned.length + others.length;
   }
 
   /**
@@ -209,12 +310,15 @@ export class Ticker {
    * for being down) is halved and retried, so one bad chat can't stop the others
    * and the log names it. Never throws: returns each chat's outcome or error.
    */
-  private async settleMany(ids: string[]): Promise<{ outcomes: Map<string, SettleOutcome>; failures: Map<string, unknown> }> {
+  private async settleMany(
+    ids: string[],
+    fence: Fence | null = null,
+  ): Promise<{ outcomes: Map<string, SettleOutcome>; failures: Map<string, unknown> }> {
     const outcomes = new Map<string, SettleOutcome>();
     const failures = new Map<string, unknown>();
     const run = async (part: string[]): Promise<void> => {
       try {
-        for (const o of await this.settleNow(part.map((chatId) => ({ chatId })))) outcomes.set(o.chatId, o);
+        for (const o of await this.settleNow(part.map((chatId) => ({ chatId })), fence)) outcomes.set(o.chatId, o);
       } catch (err) {
         if (part.length > 1 && refusedForData(err)) {
           const half = Math.ceil(part.length / 2);
@@ -232,18 +336,15 @@ export class Ticker {
   }
 }
 
+/** A cluster of one that holds every chat from the start. */
+function alone(): Cluster {
+  const cluster = new LocalCluster('local');
+  void cluster.start();
+  return cluster;
+}
+
 /** True when Postgres refused the statement for its data (SQLSTATE class 22 or 23), not its availability. */
 function refusedForData(err: unknown): boolean {
   const code = (err as { driverError?: { code?: unknown }; code?: unknown } | null)?.driverError?.code ?? (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'));
-}
-
-/** A stable bucket for a chat id (FNV-1a). */
-export function bucketOf(chatId: string, buckets: number): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < chatId.length; i++) {
-    h ^= chatId.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return (h >>> 0) % buckets;
 }

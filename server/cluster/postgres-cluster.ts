@@ -1,0 +1,214 @@
+/**
+ * Membership and settlement leases in Postgres, the one store every node already
+ * trusts with money: the database is both the lock service and the fence, and its
+ * clock (`clock_timestamp()`) is the only one leases are measured with.
+ *
+ * Every `leaseMs / 3` a node renews its row in `cluster_nodes`, reads the live
+ * nodes, works out by rendezvous hashing which shards should be its own, renews
+ * those it holds, releases at once those that should move to another node, and
+ * takes those that are free or expired (bumping their epoch). A shard nobody
+ * wants (views that disagree for a moment) is adopted by anyone once it has been
+ * expired for a whole lease. A node that dies stops renewing: within one lease
+ * its shards expire and the nodes that should have them take them over.
+ */
+import type { DataSource } from 'typeorm';
+import type { Logger } from '../log.js';
+import type { Cluster, ClusterStatus, Fence } from './cluster.js';
+import { SHARDS, ownerOf, shardOf } from './shards.js';
+
+/** What the cluster reports to metrics. */
+export interface ClusterMetrics {
+  leasesAcquired(n: number): void;
+  leasesLost(n: number): void;
+  reconcileFailed(): void;
+}
+
+/** Options of a node's membership. */
+export interface PostgresClusterOptions {
+  nodeId: string;
+  /** How long a lease (and a node's membership) lasts without renewal. */
+  leaseMs: number;
+  log: Logger;
+  metrics: ClusterMetrics;
+}
+
+/** Membership and leases shared by every node on one database. */
+export class PostgresCluster implements Cluster {
+  readonly nodeId: string;
+  private readonly held = new Map<number, string>();
+  private readonly listeners: Array<(shards: number[]) => void> = [];
+  private nodes: string[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private again = false;
+  private member = false;
+
+  constructor(
+    private readonly ds: DataSource,
+    private readonly opts: PostgresClusterOptions,
+  ) {
+    this.nodeId = opts.nodeId;
+  }
+
+  private get interval(): string {
+    return `${this.opts.leaseMs} milliseconds`;
+  }
+
+  async start(): Promise<void> {
+    this.member = true;
+    await this.reconcile();
+    this.schedule();
+  }
+
+  claim(chatIds: string[]): { chatIds: string[]; fence: Fence | null } {
+    const mine = chatIds.filter((id) => this.held.has(shardOf(id)));
+    return { chatIds: mine, fence: { owner: this.nodeId, epochs: new Map(this.held) } };
+  }
+
+  lost(shards: number[]): void {
+    const gone = shards.filter((s) => this.held.delete(s));
+    if (!gone.length) return;
+    this.opts.metrics.leasesLost(gone.length);
+    this.opts.log.warn({ shards: gone }, 'settlement leases lost; another node settles these chats now');
+    this.poke();
+  }
+
+  poke(): void {
+    if (!this.member) return;
+    void this.reconcile();
+  }
+
+  async leave(): Promise<void> {
+    this.member = false;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.running;
+    this.held.clear();
+    // expired now, not in a lease's time: the nodes that should have these shards take them at their next look
+    await this.ds.query(`UPDATE settlement_shards SET owner = NULL, expires_at = clock_timestamp() WHERE owner = $1`, [this.nodeId]);
+    await this.ds.query(`DELETE FROM cluster_nodes WHERE node_id = $1`, [this.nodeId]);
+    this.opts.log.info({}, 'left the cluster; leases handed over');
+  }
+
+  onAcquired(fn: (shards: number[]) => void): void {
+    this.listeners.push(fn);
+  }
+
+  status(): ClusterStatus {
+    return { shards: this.held.size, nodes: this.nodes.length };
+  }
+
+  private schedule(): void {
+    if (!this.member) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.reconcile().finally(() => this.schedule());
+    }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
+    this.timer.unref();
+  }
+
+  /** One look at the cluster; concurrent calls run it once more after the current one. */
+  private reconcile(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.reconcileOnce();
+        } catch (err) {
+          // the database is unreachable: leases lapse by themselves, and the fence keeps money exact
+          this.opts.metrics.reconcileFailed();
+          this.opts.log.warn({ err }, 'cluster reconcile failed');
+        }
+      } while (this.again && this.member);
+    })().finally(() => {
+      this.running = null;
+    });
+    return this.running;
+  }
+
+  /** The rows of an UPDATE ... RETURNING (TypeORM answers it with [rows, rowCount]). */
+  private async returning<T>(sql: string, params: unknown[]): Promise<T[]> {
+    const result: unknown = await this.ds.query(sql, params);
+    return (Array.isArray(result) && Array.isArray(result[0]) ? result[0] : result) as T[];
+  }
+
+  private async reconcileOnce(): Promise<void> {
+    if (!this.member) return;
+    const { nodeId } = this;
+    await this.ds.query(
+      `INSERT INTO cluster_nodes (node_id) VALUES ($1)
+       ON CONFLICT (node_id) DO UPDATE SET seen_at = clock_timestamp()`,
+      [nodeId],
+    );
+    const live: Array<{ node_id: string }> = await this.ds.query(
+      `SELECT node_id FROM cluster_nodes WHERE seen_at > clock_timestamp() - $1::interval ORDER BY node_id`,
+      [this.interval],
+    );
+    const nodes = live.map((r) => r.node_id);
+    if (!nodes.includes(nodeId)) nodes.push(nodeId);
+    this.nodes = nodes;
+    const mine: number[] = [];
+    for (let s = 0; s < SHARDS; s++) if (ownerOf(s, nodes) === nodeId) mine.push(s);
+    const mineSet = new Set(mine);
+    const keep = [...this.held.keys()].filter((s) => mineSet.has(s));
+    const release = [...this.held.keys()].filter((s) => !mineSet.has(s));
+
+    // renew what stays; a lease that expired meanwhile is not renewed but taken again below, with a new epoch
+    const renewed: Array<{ shard: number; epoch: string }> = keep.length
+      ? await this.returning(
+          `UPDATE settlement_shards SET expires_at = clock_timestamp() + $3::interval
+            WHERE owner = $1 AND shard = ANY($2::int[]) AND expires_at > clock_timestamp()
+        RETURNING shard, epoch`,
+          [nodeId, keep, this.interval],
+        )
+      : [];
+    const stillHeld = new Set(renewed.map((r) => r.shard));
+    const lapsed = keep.filter((s) => !stillHeld.has(s));
+    for (const s of lapsed) this.held.delete(s);
+    if (lapsed.length) {
+      this.opts.metrics.leasesLost(lapsed.length);
+      this.opts.log.warn({ shards: lapsed }, 'settlement leases expired before renewal');
+    }
+    if (release.length) {
+      for (const s of release) this.held.delete(s);
+      await this.ds.query(
+        `UPDATE settlement_shards SET owner = NULL, expires_at = clock_timestamp() WHERE owner = $1 AND shard = ANY($2::int[])`,
+        [nodeId, release],
+      );
+      this.opts.log.info({ shards: release.length, nodes: nodes.length }, 'settlement leases handed over');
+    }
+
+    const want = mine.filter((s) => !this.held.has(s));
+    const acquired: Array<{ shard: number; epoch: string }> = await this.returning(
+      `UPDATE settlement_shards SET owner = $1, epoch = epoch + 1, expires_at = clock_timestamp() + $3::interval
+        WHERE (shard = ANY($2::int[]) AND (owner IS NULL OR expires_at <= clock_timestamp()))
+           OR expires_at <= clock_timestamp() - $3::interval
+    RETURNING shard, epoch`,
+      [nodeId, want, this.interval],
+    );
+    if (!this.member) {
+      // left while this ran: give back at once what was just taken
+      if (acquired.length) {
+        await this.ds.query(`UPDATE settlement_shards SET owner = NULL, expires_at = clock_timestamp() WHERE owner = $1`, [nodeId]);
+      }
+      return;
+    }
+    if (acquired.length) {
+      for (const r of acquired) this.held.set(r.shard, String(r.epoch));
+      this.opts.metrics.leasesAcquired(acquired.length);
+      this.opts.log.info({ shards: acquired.map((r) => r.shard), held: this.held.size, nodes: nodes.length }, 'settlement leases acquired');
+      const shards = acquired.map((r) => r.shard);
+      for (const fn of this.listeners) {
+        try {
+          fn(shards);
+        } catch (err) {
+          this.opts.log.error({ err }, 'lease listener failed');
+        }
+      }
+    }
+  }
+}
