@@ -200,6 +200,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     clock,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     rateLimit: deps.rateLimit,
+    sharedLimits: redis ? { redis: redis.pub, keyPrefix } : undefined,
     isClosing: () => closing,
   });
 

@@ -1,10 +1,17 @@
 import { randomBytes } from 'node:crypto';
+import { expect } from 'chai';
+import { pino } from 'pino';
 import { createClient, type RedisClientType } from 'redis';
+import { MirroredPresence } from '../server/metering/mirrored-presence.js';
+import { LocalPresence } from '../server/metering/presence.js';
 import { RedisPresence } from '../server/metering/redis-presence.js';
 import { presenceContract } from './support/presence-contract.js';
 
+const timing = { heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 };
+const prefix = () => `cm-test-${randomBytes(4).toString('hex')}`;
+
 /** The presence contract against real Redis (when REDIS_URL is set), one key prefix per test. */
-describe('RedisPresence (real Redis)', function () {
+describe('shared presence (real Redis)', function () {
   let redis: RedisClientType | null = null;
   before(async function () {
     if (!process.env.REDIS_URL) return this.skip();
@@ -16,7 +23,54 @@ describe('RedisPresence (real Redis)', function () {
     await redis?.close();
   });
 
-  presenceContract('RedisPresence', async () =>
-    new RedisPresence(redis!, { heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 }, `cm-test-${randomBytes(4).toString('hex')}`, 60_000),
-  );
+  presenceContract('RedisPresence', async () => new RedisPresence(redis!, timing, prefix(), 60_000));
+
+  presenceContract('MirroredPresence (Redis up)', async () => {
+    const p = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, prefix(), 60_000), () => true, pino({ level: 'silent' }));
+    await p.resync(() => 0);
+    return p;
+  });
+
+  describe('MirroredPresence through a Redis outage', () => {
+    it('answers from this node\'s sockets while Redis is down, and copies them back when it returns', async () => {
+      let up = true;
+      const key = prefix();
+      const nodeA = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
+      const nodeB = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
+      await nodeA.resync(() => 0);
+      await nodeB.resync(() => 0);
+      // b sees a's socket through Redis
+      await nodeA.join('c', 's-a', 1000);
+      expect(await nodeB.span('c', 1000)).to.deep.include({ since: 1000 });
+      expect(nodeB.degraded).to.equal(false);
+
+      up = false;
+      nodeA.lost();
+      nodeB.lost();
+      expect(nodeA.degraded).to.equal(true);
+      // a socket joins b while Redis is down: b knows it, a (its own sockets only) does not
+      await nodeB.join('d', 's-b', 2000);
+      expect(nodeB.presentHere('d', 2000)).to.equal(true);
+      expect(await nodeA.span('d', 2000)).to.equal(null);
+      expect((await nodeB.span('d', 2000))!.since).to.equal(2000);
+
+      up = true;
+      await nodeA.resync(() => 3000);
+      await nodeB.resync(() => 3000);
+      // what b's sockets did during the outage is in Redis again, for every node
+      expect(await nodeA.span('d', 3000)).to.deep.include({ since: 2000, until: 17_000 });
+      expect(nodeA.degraded).to.equal(false);
+    });
+
+    it('ends this node\'s presence in Redis when it goes away (a drain)', async () => {
+      const key = prefix();
+      const draining = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => true, pino({ level: 'silent' }));
+      const other = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => true, pino({ level: 'silent' }));
+      await draining.resync(() => 0);
+      await other.resync(() => 0);
+      await draining.join('c', 's1', 1000);
+      await draining.releaseAll(4000);
+      expect((await other.span('c', 4000))!.until).to.equal(4000);
+    });
+  });
 });

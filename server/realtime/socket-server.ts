@@ -7,7 +7,8 @@
  * pair's chats go there); `user:{userId}` all of a user's sockets (balance events);
  * `advisor:{advisorId}` all of an advisor's sockets (the dashboard).
  */
-import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
+import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import type { RedisClientType } from 'redis';
 import type { Server, Socket } from 'socket.io';
 import type { z } from 'zod';
 import {
@@ -52,6 +53,12 @@ export interface RealtimeDeps {
   heartbeatIntervalMs: number;
   /** Events per second allowed per socket and per principal. */
   rateLimit?: { perSocket: number; perPrincipal: number };
+  /**
+   * Where the per-principal limit is counted across nodes (a user's tabs on several
+   * nodes share one budget), with its key prefix; falls back to this node's memory
+   * while Redis is down.
+   */
+  sharedLimits?: { redis: RedisClientType; keyPrefix: string };
   /** True while the node shuts down: disconnects then settle nothing (the node settled already). */
   isClosing: () => boolean;
 }
@@ -92,7 +99,20 @@ export function createPublisher(io: ChatServer, log: Logger, metrics: Metrics): 
 export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
   const limits = d.rateLimit ?? { perSocket: 20, perPrincipal: 60 };
   const perSocket = new RateLimiterMemory({ points: limits.perSocket, duration: 1 });
-  const perPrincipal = new RateLimiterMemory({ points: limits.perPrincipal, duration: 1 });
+  const localPerPrincipal = new RateLimiterMemory({ points: limits.perPrincipal, duration: 1 });
+  // rate-limiter-flexible's Redis store: one atomic script per event, and its insurance limiter
+  // counts in memory while Redis is away instead of failing every event
+  const perPrincipal: RateLimiterAbstract = d.sharedLimits
+    ? new RateLimiterRedis({
+        storeClient: d.sharedLimits.redis,
+        useRedisPackage: true,
+        rejectIfRedisNotReady: true,
+        keyPrefix: `${d.sharedLimits.keyPrefix}:rl`,
+        points: limits.perPrincipal,
+        duration: 1,
+        insuranceLimiter: localPerPrincipal,
+      })
+    : localPerPrincipal;
 
   io.use((socket, next) => {
     const auth = socket.handshake.auth as { token?: unknown } | undefined;
@@ -253,7 +273,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
   });
 }
 
-async function consume(limiter: RateLimiterMemory, key: string): Promise<void> {
+async function consume(limiter: RateLimiterAbstract, key: string): Promise<void> {
   try {
     await limiter.consume(key);
   } catch (err) {
