@@ -1,35 +1,10 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { freshDatabase, type TestDb } from './support/db.js';
-import { FAST_ENV, call, connectWith, eventually, waitFor } from './support/server.js';
-
-/** `npm start`'s entry point in a child process, with its JSON log lines collected. */
-function startProcess(env: Record<string, string>): { child: ChildProcess; lines: Array<Record<string, unknown>>; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], {
-    env: { PATH: process.env.PATH, ...FAST_ENV, LOG_LEVEL: 'info', PORT: '0', ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const lines: Array<Record<string, unknown>> = [];
-  let buf = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        lines.push(JSON.parse(line));
-      } catch {
-        // the banner is not JSON
-      }
-    }
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, lines, exited };
-}
+import { spawnNode } from './support/processes.js';
+import { FAST_ENV, call, waitFor } from './support/server.js';
 
 describe('SIGTERM (a real process)', () => {
   let db: TestDb;
@@ -47,22 +22,13 @@ describe('SIGTERM (a real process)', () => {
     this.timeout(60_000);
     const env: Record<string, string> = db.url ? { DATABASE_URL: db.url } : { DATA_DIR: (dataDir = mkdtempSync(join(tmpdir(), 'chatmeter-sigterm-'))) };
     if (!db.url) await db.close();
-    const p = startProcess(env);
+    const p = await spawnNode(env);
     try {
-      const listening = await eventually(() => p.lines.find((l) => l.msg === 'listening'), 30_000);
-      const url = `http://127.0.0.1:${listening.port as number}`;
-      const api = async (method: string, path: string, body?: unknown) => {
-        const res = await fetch(url + path, {
-          method,
-          headers: { authorization: `Bearer ${FAST_ENV.CHATMETER_API_KEY}`, 'content-type': 'application/json' },
-          body: body === undefined ? undefined : JSON.stringify(body),
-        });
-        return res.json();
-      };
+      const api = async (method: string, path: string, body?: unknown) => (await p.api(method, path, body)).body;
       await api('PUT', '/v1/users/u1', { balance: '100' });
       await api('PUT', '/v1/advisors/a1', { ratePerMinute: '6', freeSeconds: 0 });
       await api('POST', '/v1/chats', { id: 'c1', userId: 'u1', advisorId: 'a1' });
-      const tab = await connectWith(url, { token: (await api('POST', '/v1/tokens', { sub: 'u1', role: 'user' })).token });
+      const tab = await p.connect('u1', 'user');
       expect((await call(tab, 'chat:join', { chatId: 'c1' })).ok).to.equal(true);
       const beat = setInterval(() => tab.emit('heartbeat', { chatId: 'c1' }), 100);
       try {
@@ -70,12 +36,16 @@ describe('SIGTERM (a real process)', () => {
         await waitFor(tab, 'meter', (m) => m.durationSeconds >= 2, 8000);
         const told = new Promise<string>((resolve) => tab.once('disconnect', (reason) => resolve(reason)));
         const stopAt = Date.now();
-        p.child.kill('SIGTERM');
+        p.kill('SIGTERM');
         // a closed transport, not a server-side disconnect: socket.io clients reconnect by themselves
         expect(await told).to.equal('transport close');
         expect(tab.active).to.equal(true);
         expect(await p.exited).to.equal(0);
         expect(p.lines.map((l) => l.msg)).to.include.members(['shutting down', 'shut down']);
+        // no secret in any log line
+        const logged = JSON.stringify(p.lines);
+        expect(logged).to.not.include(FAST_ENV.CHATMETER_API_KEY);
+        expect(logged).to.not.include(FAST_ENV.CHATMETER_JWT_SECRET);
         // everything metered up to the stop was settled: the chat stays active for the next node
         if (db.url) {
           const [rec] = await db.ds.query(`SELECT duration, settled_until, is_active FROM conversation_time_records WHERE chat_id = 'c1'`);
@@ -87,7 +57,7 @@ describe('SIGTERM (a real process)', () => {
         tab.close();
       }
     } finally {
-      if (p.child.exitCode === null) p.child.kill('SIGKILL');
+      p.kill('SIGKILL');
     }
   });
 });
