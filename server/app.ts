@@ -103,7 +103,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   const keyPrefix = deps.redisKeyPrefix ?? `chatmeter:${await clusterId(ds)}`;
   const local = new LocalPresence(config);
   const mirrored = redis
-    ? new MirroredPresence(local, new RedisPresence(redis.pub, config, keyPrefix), () => redis.pub.isReady, log, (d) =>
+    ? new MirroredPresence(local, new RedisPresence(redis.pub, config, keyPrefix, undefined, nodeId), () => redis.pub.isReady, log, (d) =>
         metrics.presenceDegraded.set(d ? 1 : 0),
       )
     : null;
@@ -189,6 +189,17 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     io.on('cluster:changed', () => cluster.poke());
   }
   const meters = new MeterService(accounts, engine, records, presence, ticker, clock);
+  // a node that died took its sockets with it: their presence ends when it was last seen, not at their heartbeats' lapse
+  cluster.onDeparted((departed, lastSeen) => {
+    if (!mirrored) return;
+    mirrored
+      .releaseNode(departed, lastSeen)
+      .then((chatIds) => Promise.all(chatIds.map((chatId) => meters.presenceChanged(chatId))))
+      .catch((err: unknown) => {
+        metrics.backgroundErrors.inc({ where: 'departed_node' });
+        log.error({ err, departedNode: departed }, 'ending a departed node\'s presence failed');
+      });
+  });
   attachRealtime(io, {
     tokens,
     accounts,

@@ -197,6 +197,32 @@ describe('many nodes (real processes, Postgres and Redis)', function () {
     }
   });
 
+  it('stops the meter of a killed node\'s tabs when the node was last seen, not at their heartbeats\' lapse', async () => {
+    // a 10 s heartbeat window: without the departed node's presence ended, the meter would run on for seconds
+    const [a, b] = await start(2, { HEARTBEAT_INTERVAL_MS: '5000', HEARTBEAT_GRACE_MS: '5000' });
+    const { chatId } = await given(a!);
+    await tab(a!, chatId);
+    const advisor = await connect(b!, 'a1', 'advisor');
+    expect((await call(advisor, 'chat:start', { chatId })).ok).to.equal(true);
+    await waitFor(advisor, 'meter', (m) => m.durationSeconds >= 2, 6000);
+    const killedAt = Date.now();
+    a!.kill('SIGKILL');
+    await a!.exited;
+    await waitFor(advisor, 'meter', (m) => m.state === 'away', 8000);
+    expect(Date.now() - killedAt, 'away within a lease, a renewal and a tick').to.be.below(3000);
+    const [r] = await db.ds.query(
+      `SELECT r.duration, extract(epoch FROM c.started_at)::float8 * 1000 AS started FROM conversation_time_records r JOIN chats c ON c.id = r.chat_id WHERE r.chat_id = $1`,
+      [chatId],
+    );
+    const aliveSeconds = (killedAt - r.started) / 1000;
+    // its settler may have billed on until the node was found gone: a lease (900 ms) and a renewal after its death
+    expect(r.duration, `billed ${r.duration} s; the node died ${aliveSeconds.toFixed(2)} s after the start`).to.be.within(
+      Math.floor(aliveSeconds) - 1,
+      Math.floor(aliveSeconds + 1.2),
+    );
+    await endAndCheck(b!, chatId, 99);
+  });
+
   it('bills nothing twice when two nodes are forced to settle the same chats on every tick', async () => {
     const [a, b] = await start(2, { CHATMETER_TEST_SETTLE_UNOWNED: '1' });
     const chats = ['d1', 'd2', 'd3', 'd4'];

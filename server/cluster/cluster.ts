@@ -45,6 +45,11 @@ export interface Cluster {
   leave(): Promise<void>;
   /** Calls `fn` with the shards this node newly holds (to look for their active chats). */
   onAcquired(fn: (shards: number[]) => void): void;
+  /**
+   * Calls `fn` when this node finds that another died without leaving (exactly one node
+   * is told of each), with the last instant it was seen alive (the database's clock, epoch ms).
+   */
+  onDeparted(fn: (nodeId: string, lastSeen: number) => void): void;
   status(): ClusterStatus;
 }
 
@@ -76,6 +81,10 @@ export class LocalCluster implements Cluster {
 
   onAcquired(): void {
     // a single node holds everything from the start
+  }
+
+  onDeparted(): void {
+    // no other node to outlive
   }
 
   status(): ClusterStatus {

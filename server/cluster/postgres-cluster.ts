@@ -37,6 +37,7 @@ export class PostgresCluster implements Cluster {
   readonly nodeId: string;
   private readonly held = new Map<number, string>();
   private readonly listeners: Array<(shards: number[]) => void> = [];
+  private readonly departures: Array<(nodeId: string, lastSeen: number) => void> = [];
   private nodes: string[] = [];
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
@@ -94,6 +95,10 @@ export class PostgresCluster implements Cluster {
     this.listeners.push(fn);
   }
 
+  onDeparted(fn: (nodeId: string, lastSeen: number) => void): void {
+    this.departures.push(fn);
+  }
+
   status(): ClusterStatus {
     return { shards: this.held.size, nodes: this.nodes.length };
   }
@@ -148,6 +153,17 @@ export class PostgresCluster implements Cluster {
       `SELECT node_id FROM cluster_nodes WHERE seen_at > clock_timestamp() - $1::interval ORDER BY node_id`,
       [this.interval],
     );
+    // a node unseen for a lease died without leaving (or paused as long): whoever deletes its row
+    // (one node) tells the app, which ends that node's presence
+    const gone: Array<{ node_id: string; seen_ms: number }> = await this.returning(
+      `DELETE FROM cluster_nodes WHERE seen_at <= clock_timestamp() - $1::interval
+    RETURNING node_id, (extract(epoch FROM seen_at) * 1000)::float8 AS seen_ms`,
+      [this.interval],
+    );
+    for (const g of gone) {
+      this.opts.log.warn({ departedNode: g.node_id, lastSeen: new Date(Number(g.seen_ms)).toISOString() }, 'a node died without leaving');
+      this.emit(this.departures, g.node_id, Number(g.seen_ms));
+    }
     const nodes = live.map((r) => r.node_id);
     if (!nodes.includes(nodeId)) nodes.push(nodeId);
     this.nodes = nodes;
@@ -201,13 +217,16 @@ export class PostgresCluster implements Cluster {
       for (const r of acquired) this.held.set(r.shard, String(r.epoch));
       this.opts.metrics.leasesAcquired(acquired.length);
       this.opts.log.info({ shards: acquired.map((r) => r.shard), held: this.held.size, nodes: nodes.length }, 'settlement leases acquired');
-      const shards = acquired.map((r) => r.shard);
-      for (const fn of this.listeners) {
-        try {
-          fn(shards);
-        } catch (err) {
-          this.opts.log.error({ err }, 'lease listener failed');
-        }
+      this.emit(this.listeners, acquired.map((r) => r.shard));
+    }
+  }
+
+  private emit<A extends unknown[]>(listeners: Array<(...args: A) => void>, ...args: A): void {
+    for (const fn of listeners) {
+      try {
+        fn(...args);
+      } catch (err) {
+        this.opts.log.error({ err }, 'cluster listener failed');
       }
     }
   }

@@ -71,6 +71,14 @@ export class MirroredPresence implements PresenceStore {
     );
   }
 
+  /**
+   * Another node died at `at` without leaving: its sockets stop counting then. Returns
+   * the chats whose presence that ended (nothing while Redis is down: its sockets lapse).
+   */
+  async releaseNode(nodeId: string, at: number): Promise<string[]> {
+    return (await this.tryShared(() => this.shared.releaseNode(nodeId, at))) ?? [];
+  }
+
   /** True while this node's own sockets keep the user present in the chat. */
   presentHere(chatId: string, now: number): boolean {
     return this.local.presentAt(chatId, now);

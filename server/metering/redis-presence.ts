@@ -29,7 +29,8 @@ local function load(key)
 end
 `;
 
-// KEYS[1] chat hash; ARGV: socket field, now, ttl, keep ms, joined-only flag → 1 restarted, 0 not, -1 not joined
+// KEYS[1] chat hash, KEYS[2] (optional) the node's socket set; ARGV: socket field, now, ttl, keep ms,
+// joined-only flag, set member → 1 restarted, 0 not, -1 not joined
 const TOUCH = `${UNTIL}
 local key, sid, now, ttl, keep = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local h = load(key)
@@ -49,12 +50,19 @@ elseif until_of(h, ttl) <= now then
 end
 redis.call('HSET', key, sid, ARGV[2], 'hb', ARGV[2])
 redis.call('PEXPIRE', key, keep)
+if KEYS[2] then
+  -- the node's own list of its sockets, so another node can end them if this one dies
+  redis.call('SADD', KEYS[2], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], keep)
+end
 return restarted
 `;
 
-// KEYS[1] chat hash; ARGV: socket field, now, ttl → 1 when it was the last present socket
+// KEYS[1] chat hash, KEYS[2] (optional) the node's socket set; ARGV: socket field, now, ttl, set member
+// → 1 when it was the last present socket
 const LEAVE = `${UNTIL}
 local key, sid, now, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[4]) end
 local h = load(key)
 if h[sid] == nil then return 0 end
 local was = until_of(h, ttl) > now
@@ -77,12 +85,14 @@ export class RedisPresence implements PresenceStore {
 
   /**
    * @param keepMs how long a chat's presence outlives its last change (covers the abandon timeout)
+   * @param nodeId this node: its sockets are listed under it, so `releaseNode` can end them if it dies
    */
   constructor(
     private readonly redis: RedisClientType,
     timing: PresenceTiming,
     private readonly prefix: string,
     private readonly keepMs = 24 * 3600_000,
+    private readonly nodeId: string | null = null,
   ) {
     this.ttl = timing.heartbeatIntervalMs + timing.heartbeatGraceMs;
   }
@@ -91,12 +101,41 @@ export class RedisPresence implements PresenceStore {
     return `${this.prefix}:presence:${chatId}`;
   }
 
+  private nodeKey(nodeId: string): string {
+    return `${this.prefix}:presence-node:${nodeId}`;
+  }
+
   private async touch(chatId: string, socketId: string, now: number, joinedOnly: boolean): Promise<number> {
     const r = await this.redis.eval(TOUCH, {
-      keys: [this.key(chatId)],
-      arguments: [`s:${socketId}`, String(now), String(this.ttl), String(this.keepMs), joinedOnly ? '1' : '0'],
+      keys: this.nodeId ? [this.key(chatId), this.nodeKey(this.nodeId)] : [this.key(chatId)],
+      arguments: [`s:${socketId}`, String(now), String(this.ttl), String(this.keepMs), joinedOnly ? '1' : '0', `${chatId}\u0000${socketId}`],
     });
     return Number(r);
+  }
+
+  private async leaveAs(nodeId: string | null, chatId: string, socketId: string, now: number): Promise<boolean> {
+    const r = await this.redis.eval(LEAVE, {
+      keys: nodeId ? [this.key(chatId), this.nodeKey(nodeId)] : [this.key(chatId)],
+      arguments: [`s:${socketId}`, String(now), String(this.ttl), `${chatId}\u0000${socketId}`],
+    });
+    return Number(r) === 1;
+  }
+
+  /**
+   * Another node died at `at` without leaving: its sockets stop counting then, as if they
+   * had disconnected (rule 5), instead of at their heartbeats' lapse. Returns the chats
+   * whose presence it ended.
+   */
+  async releaseNode(nodeId: string, at: number): Promise<string[]> {
+    const members = await this.redis.sMembers(this.nodeKey(nodeId));
+    const ended = await Promise.all(
+      members.map(async (m) => {
+        const [chatId, socketId] = m.split('\u0000') as [string, string];
+        return (await this.leaveAs(nodeId, chatId, socketId, at)) ? chatId : null;
+      }),
+    );
+    await this.redis.del(this.nodeKey(nodeId));
+    return [...new Set(ended.filter((c): c is string => c !== null))];
   }
 
   async join(chatId: string, socketId: string, now: number): Promise<boolean> {
@@ -109,8 +148,7 @@ export class RedisPresence implements PresenceStore {
   }
 
   async leave(chatId: string, socketId: string, now: number): Promise<boolean> {
-    const r = await this.redis.eval(LEAVE, { keys: [this.key(chatId)], arguments: [`s:${socketId}`, String(now), String(this.ttl)] });
-    return Number(r) === 1;
+    return this.leaveAs(this.nodeId, chatId, socketId, now);
   }
 
   async span(chatId: string): Promise<PresenceSpan | null> {
