@@ -1,105 +1,36 @@
 /**
  * The only place that writes balances, allowances, time records and charges.
- * Each call is one transaction: lock rows in a fixed order (users, allowances,
- * chats, records, each sorted) so concurrent settlements never deadlock, run the
- * pure rules, and write every table with one batched statement. A whole batch of
- * chats costs the same handful of round trips as one chat.
+ * Each settlement is one transaction in three steps: read every row of the batch
+ * under lock, in a fixed order (users, allowances, chats, records, each sorted) so
+ * concurrent settlements never deadlock; decide with the pure `decideBatch`; and
+ * write every table with one batched statement. A whole batch of chats costs the
+ * same handful of round trips as one chat.
  */
 import type { DataSource, EntityManager } from 'typeorm';
-import { type EndReason, ErrorCode, type MeterSnapshot } from '../../client-sdk/src/protocol.js';
+import { ErrorCode, type MeterSnapshot } from '../../client-sdk/src/protocol.js';
 import type { Fence } from '../cluster/cluster.js';
 import { shardOf } from '../cluster/shards.js';
 import { BadRequestError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
 import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
-  type Allowance,
-  type ChatMeter,
-  type Command,
-  type Policy,
-  type PresenceSpan,
-  applyCommand,
-  freeSecondsRemaining,
-  meterState,
-  secondsAffordable,
-  settle,
-} from './rules.js';
+  type AllowanceRow,
+  type BatchDecision,
+  type ChatRow,
+  type LockedRows,
+  type RecordRow,
+  type SettleItem,
+  type SettleOptions,
+  type SettleOutcome,
+  buildSnapshot,
+  decideBatch,
+  pairKey,
+  toAllowance,
+  toMeter,
+  uniqueBy,
+} from './decide.js';
+import { type Policy, type PresenceSpan, meterState } from './rules.js';
 
-/** One chat to settle, with what presence knows of its user, and maybe a state command. */
-export interface SettleItem {
-  chatId: string;
-  presence: PresenceSpan | null;
-  command?: Command;
-  /** Make a new snapshot even if nothing changed (the balance moved under an away or paused chat). */
-  refresh?: boolean;
-}
-
-/** What settling one chat did. */
-export type SettleOutcome =
-  | {
-      chatId: string;
-      ok: true;
-      meter: MeterSnapshot;
-      /** True when a new snapshot was made (its seq is new): push it. */
-      push: boolean;
-      ended: EndReason | null;
-      lowBalance: boolean;
-      /** Credits taken from the balance by this settlement (units). */
-      charge: bigint;
-    }
-  | { chatId: string; ok: false; error: NotFoundError | ConflictError };
-
-/** Options of one batch. */
-export interface SettleOptions {
-  /** Absence before this instant doesn't count towards abandonment (the node's start). */
-  observedSince?: number;
-  /**
-   * Settle only chats whose shard lease the fence still holds (checked and share-locked
-   * in this transaction, so no takeover commits meanwhile); the others get a LeaseLostError.
-   */
-  fence?: Fence | null;
-}
-
-interface RecordRow {
-  id: string;
-  chat_id: string;
-  user_id: string;
-  advisor_id: string;
-  duration: number;
-  free_time_used: number;
-  paid_seconds: number;
-  credits_used: string;
-  rate_per_minute: string;
-  total_free_time_allocation: number;
-  is_active: boolean;
-  timestamp: Date;
-  last_heartbeat_time: Date | null;
-  settled_until: Date | null;
-  last_present_at: Date | null;
-  ended_at: Date | null;
-  end_reason: EndReason | null;
-  charge_segment: number;
-  meter_seq: string;
-  low_balance_warned: boolean;
-  meter_state: ChatMeter['meterState'];
-}
-
-interface ChatRow {
-  id: string;
-  user_id: string;
-  advisor_id: string;
-  status: ChatMeter['status'];
-  paused: boolean;
-  started_at: Date | null;
-  ended_at: Date | null;
-  end_reason: EndReason | null;
-}
-
-interface AllowanceRow {
-  user_id: string;
-  advisor_id: string;
-  allocation_seconds: number;
-  used_seconds: number;
-}
+export type { SettleItem, SettleOptions, SettleOutcome } from './decide.js';
 
 /** The result of a top-up. */
 export interface TopUpResult {
@@ -119,10 +50,6 @@ export interface LedgerEntryView {
   idempotencyKey: string;
   createdAt: string;
 }
-
-const ms = (d: Date | null): number | null => (d ? d.getTime() : null);
-const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
-const pairKey = (userId: string, advisorId: string) => `${userId}\u0000${advisorId}`;
 
 /** Drives the billing rules against the database. */
 export class SettlementService {
@@ -192,6 +119,17 @@ export class SettlementService {
       items = items.filter((i) => !refused.has(i.chatId));
       if (!items.length) return fenced;
     }
+    const rows = await this.readLocked(em, items);
+    const decision = decideBatch(rows, items, now, this.policy, opts);
+    await this.write(em, decision);
+    return [...decision.outcomes, ...fenced];
+  }
+
+  /**
+   * Reads every row of the batch's chats, locked in a fixed order (users, allowances,
+   * chats, records, each sorted) so concurrent settlements never deadlock.
+   */
+  private async readLocked(em: EntityManager, items: SettleItem[]): Promise<LockedRows> {
     const chatIds = [...new Set(items.map((i) => i.chatId))].sort();
     // user and advisor of a chat never change: read them without a lock to know what to lock
     const owners: Array<{ id: string; user_id: string; advisor_id: string }> = await em.query(
@@ -220,156 +158,12 @@ export class SettlementService {
       [chatIds],
     );
 
-    const balances = new Map(users.map((u) => [u.id, parseAmount(u.balance)]));
-    const allowances = new Map(allowanceRows.map((a) => [pairKey(a.user_id, a.advisor_id), toAllowance(a)]));
-    const chatsById = new Map(chatRows.map((c) => [c.id, c]));
-    const recordsByChat = new Map(recordRows.map((r) => [r.chat_id, r]));
+    return { users, allowances: allowanceRows, chats: chatRows, records: recordRows };
+  }
 
-    interface Work {
-      record: RecordRow;
-      before: ChatMeter;
-      meter: ChatMeter;
-      rate: bigint;
-      /** A command applied, or a refresh asked: a new snapshot goes out whatever changed. */
-      commanded: boolean;
-      refusal?: ConflictError;
-      ended: EndReason | null;
-      lowBalance: boolean;
-      charge: bigint;
-    }
-    const work = new Map<string, Work>();
-    const failures: SettleOutcome[] = [];
-    // one row per chat: a statement may not touch the same ledger row twice
-    const charges = new Map<string, { user_id: string; chat_id: string; amount: bigint; balance_after: string; idempotency_key: string }>();
-
-    for (const item of items) {
-      const chat = chatsById.get(item.chatId);
-      const record = recordsByChat.get(item.chatId);
-      if (!chat) {
-        failures.push({ chatId: item.chatId, ok: false, error: new NotFoundError(`chat ${item.chatId} does not exist`) });
-        continue;
-      }
-      if (!record) {
-        if (item.command) {
-          failures.push({ chatId: item.chatId, ok: false, error: new ConflictError(`chat ${item.chatId} has no time record yet`) });
-        }
-        continue;
-      }
-      const key = pairKey(chat.user_id, chat.advisor_id);
-      const prior = work.get(item.chatId);
-      const w: Work = prior ?? {
-        record,
-        before: toMeter(chat, record),
-        meter: toMeter(chat, record),
-        rate: parseAmount(record.rate_per_minute),
-        commanded: false,
-        ended: null,
-        lowBalance: false,
-        charge: 0n,
-      };
-      if (item.refresh) w.commanded = true;
-      const result = settle({
-        chat: w.meter,
-        allowance: allowances.get(key)!,
-        balance: balances.get(chat.user_id)!,
-        ratePerMinute: w.rate,
-        presence: item.presence,
-        now,
-        observedSince: opts.observedSince ?? -Infinity,
-        policy: this.policy,
-      });
-      let meter = result.chat;
-      if (item.command) {
-        const applied = applyCommand(meter, item.command, now);
-        if ('refused' in applied) {
-          // a chat this very settlement ended (out of credits, abandoned) reports that end, which
-          // must be pushed, rather than a refusal, which callers drop
-          if (!result.ended) w.refusal = new ConflictError(applied.refused);
-        } else {
-          meter = applied;
-          if (meter.status !== 'ended') meter.meterState = meterState(meter, item.presence, now);
-          w.commanded = true;
-        }
-      }
-      const balance = result.balance;
-      balances.set(chat.user_id, balance);
-      allowances.set(key, result.allowance);
-      w.meter = meter;
-      w.ended = w.ended ?? result.ended ?? (meter.status === 'ended' && w.before.status !== 'ended' ? meter.endReason : null);
-      w.lowBalance = w.lowBalance || result.lowBalance;
-      w.charge += result.charge;
-      work.set(item.chatId, w);
-      if (result.charge > 0n) {
-        const prev = charges.get(chat.id);
-        charges.set(chat.id, {
-          user_id: chat.user_id,
-          chat_id: chat.id,
-          amount: (prev?.amount ?? 0n) + result.charge,
-          balance_after: formatAmount(balance),
-          idempotency_key: `charge:${chat.id}:${record.charge_segment}`,
-        });
-      }
-    }
-
-    // a snapshot is new when something changed or the meter runs: only those take a seq
-    const outcomes: SettleOutcome[] = [];
-    const recordUpdates: object[] = [];
-    const chatUpdates: object[] = [];
-    for (const [chatId, w] of work) {
-      const changed = !sameMeter(w.before, w.meter);
-      const push = changed || w.commanded || w.meter.meterState === 'running';
-      const seq = Number(w.record.meter_seq) + (push ? 1 : 0);
-      if (changed || push) {
-        recordUpdates.push({
-          id: w.record.id,
-          duration: w.meter.durationSeconds,
-          free_time_used: w.meter.freeSecondsUsed,
-          paid_seconds: w.meter.paidSeconds,
-          credits_used: formatAmount(w.meter.creditsUsed),
-          is_active: w.meter.status !== 'ended',
-          last_heartbeat_time: iso(w.meter.lastHeartbeatAt),
-          settled_until: iso(w.meter.settledUntil),
-          last_present_at: iso(w.meter.lastPresentAt),
-          ended_at: w.meter.status === 'ended' ? iso(w.meter.endedAt) : null,
-          end_reason: w.meter.status === 'ended' ? w.meter.endReason : null,
-          meter_seq: seq,
-          low_balance_warned: w.meter.lowBalanceWarned,
-          meter_state: w.meter.meterState,
-        });
-      }
-      if (chatChanged(w.before, w.meter)) {
-        chatUpdates.push({
-          id: chatId,
-          status: w.meter.status,
-          paused: w.meter.paused,
-          started_at: iso(w.meter.startedAt),
-          ended_at: iso(w.meter.endedAt),
-          end_reason: w.meter.endReason,
-        });
-      }
-      const key = pairKey(w.meter.userId, w.meter.advisorId);
-      if (w.refusal) {
-        outcomes.push({ chatId, ok: false, error: w.refusal });
-        continue;
-      }
-      outcomes.push({
-        chatId,
-        ok: true,
-        meter: buildSnapshot(w.record.id, w.meter, allowances.get(key)!, balances.get(w.meter.userId)!, w.rate, seq, now),
-        push,
-        ended: w.ended,
-        lowBalance: w.lowBalance,
-        charge: w.charge,
-      });
-    }
-
-    const userUpdates = users
-      .filter((u) => parseAmount(u.balance) !== balances.get(u.id))
-      .map((u) => ({ id: u.id, balance: formatAmount(balances.get(u.id)!) }));
-    const allowanceUpdates = allowanceRows
-      .filter((a) => a.used_seconds !== allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds)
-      .map((a) => ({ user_id: a.user_id, advisor_id: a.advisor_id, used_seconds: allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds }));
-
+  /** Writes what a batch decided: one statement per table that changed. */
+  private async write(em: EntityManager, d: BatchDecision): Promise<void> {
+    const { users: userUpdates, allowances: allowanceUpdates, chats: chatUpdates, records: recordUpdates } = d;
     if (userUpdates.length) {
       await em.query(
         `UPDATE users u SET balance = v.balance, updated_at = now()
@@ -413,7 +207,7 @@ export class SettlementService {
         [JSON.stringify(recordUpdates)],
       );
     }
-    if (charges.size) {
+    if (d.charges.length) {
       // one open charge entry per chat and segment: later settlements increase it
       await em.query(
         `INSERT INTO ledger_entries (user_id, type, amount, balance_after, chat_id, idempotency_key)
@@ -423,10 +217,9 @@ export class SettlementService {
          ON CONFLICT (user_id, type, idempotency_key) DO UPDATE
             SET amount = ledger_entries.amount + EXCLUDED.amount,
                 balance_after = EXCLUDED.balance_after, updated_at = now()`,
-        [JSON.stringify([...charges.values()].map((c) => ({ ...c, amount: formatAmount(c.amount) })))],
+        [JSON.stringify(d.charges.map((c) => ({ ...c, amount: formatAmount(c.amount) })))],
       );
     }
-    return [...outcomes, ...failures, ...fenced];
   }
 
   /**
@@ -538,82 +331,3 @@ export function toLedgerView(r: LedgerRow): LedgerEntryView {
     createdAt: r.created_at.toISOString(),
   };
 }
-
-function toAllowance(a: { allocation_seconds: number; used_seconds: number }): Allowance {
-  return { allocationSeconds: a.allocation_seconds, usedSeconds: a.used_seconds };
-}
-
-function toMeter(chat: ChatRow, r: RecordRow): ChatMeter {
-  return {
-    chatId: chat.id,
-    userId: chat.user_id,
-    advisorId: chat.advisor_id,
-    status: chat.status,
-    paused: chat.paused,
-    startedAt: ms(chat.started_at),
-    endedAt: ms(chat.ended_at),
-    endReason: chat.end_reason,
-    durationSeconds: r.duration,
-    freeSecondsUsed: r.free_time_used,
-    paidSeconds: r.paid_seconds,
-    creditsUsed: parseAmount(r.credits_used),
-    settledUntil: ms(r.settled_until),
-    lastPresentAt: ms(r.last_present_at),
-    lastHeartbeatAt: ms(r.last_heartbeat_time),
-    lowBalanceWarned: r.low_balance_warned,
-    meterState: r.meter_state,
-  };
-}
-
-function buildSnapshot(
-  recordId: string,
-  m: ChatMeter,
-  allowance: Allowance,
-  balance: bigint,
-  rate: bigint,
-  seq: number,
-  now: number,
-): MeterSnapshot {
-  return {
-    chatId: m.chatId,
-    recordId,
-    userId: m.userId,
-    advisorId: m.advisorId,
-    state: m.meterState,
-    durationSeconds: m.durationSeconds,
-    freeSecondsUsed: m.freeSecondsUsed,
-    freeSecondsRemaining: freeSecondsRemaining(allowance),
-    freeSecondsAllocation: allowance.allocationSeconds,
-    creditsUsed: formatAmount(m.creditsUsed),
-    balance: formatAmount(balance),
-    ratePerMinute: formatAmount(rate),
-    secondsAffordable: secondsAffordable(m, allowance, balance, rate),
-    seq,
-    serverTime: new Date(now).toISOString(),
-  };
-}
-
-function sameMeter(a: ChatMeter, b: ChatMeter): boolean {
-  return (
-    a.status === b.status &&
-    a.paused === b.paused &&
-    a.durationSeconds === b.durationSeconds &&
-    a.creditsUsed === b.creditsUsed &&
-    a.settledUntil === b.settledUntil &&
-    a.lastPresentAt === b.lastPresentAt &&
-    a.lastHeartbeatAt === b.lastHeartbeatAt &&
-    a.lowBalanceWarned === b.lowBalanceWarned &&
-    a.meterState === b.meterState
-  );
-}
-
-function chatChanged(a: ChatMeter, b: ChatMeter): boolean {
-  return a.status !== b.status || a.paused !== b.paused || a.startedAt !== b.startedAt || a.endedAt !== b.endedAt;
-}
-
-function uniqueBy<T>(xs: T[], key: (x: T) => string): T[] {
-  const seen = new Map<string, T>();
-  for (const x of xs) if (!seen.has(key(x))) seen.set(key(x), x);
-  return [...seen.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, x]) => x);
-}
-

@@ -1,0 +1,106 @@
+import { expect } from 'chai';
+import { type ChatRow, type LockedRows, type RecordRow, decideBatch } from '../server/metering/decide.js';
+import { at, T0, present } from './support/fixtures.js';
+
+const policy = { abandonTimeoutMs: 120_000, lowBalanceSeconds: 60 };
+
+/** A running chat of user u1 with advisor a1 at 6 credits a minute, billed up to T0. */
+function chat(id: string, over: Partial<RecordRow> = {}): { chat: ChatRow; record: RecordRow } {
+  return {
+    chat: { id, user_id: 'u1', advisor_id: 'a1', status: 'active', paused: false, started_at: new Date(T0), ended_at: null, end_reason: null },
+    record: {
+      id: `rec-${id}`,
+      chat_id: id,
+      user_id: 'u1',
+      advisor_id: 'a1',
+      duration: 0,
+      free_time_used: 0,
+      paid_seconds: 0,
+      credits_used: '0.0000',
+      rate_per_minute: '6.0000',
+      total_free_time_allocation: 0,
+      is_active: true,
+      timestamp: new Date(T0),
+      last_heartbeat_time: null,
+      settled_until: new Date(T0),
+      last_present_at: null,
+      ended_at: null,
+      end_reason: null,
+      charge_segment: 0,
+      meter_seq: '7',
+      low_balance_warned: false,
+      meter_state: 'running',
+      ...over,
+    },
+  };
+}
+
+/** The rows a settlement would have read under lock. */
+function given(balance: string, ...chats: Array<ReturnType<typeof chat>>): LockedRows {
+  return {
+    users: [{ id: 'u1', balance }],
+    allowances: [{ user_id: 'u1', advisor_id: 'a1', allocation_seconds: 0, used_seconds: 0 }],
+    chats: chats.map((c) => c.chat),
+    records: chats.map((c) => c.record),
+  };
+}
+
+describe('decideBatch (the decide step of a settlement, no database)', () => {
+  it('bills two chats of one user from one balance, and writes each table once', () => {
+    const d = decideBatch(given('10', chat('c1'), chat('c2')), [
+      { chatId: 'c1', presence: present(T0) },
+      { chatId: 'c2', presence: present(T0) },
+    ], at(10), policy);
+    expect(d.outcomes.map((o) => o.ok && o.meter.durationSeconds)).to.deep.equal([10, 10]);
+    // 20 paid seconds at 0.1 a second
+    expect(d.users).to.deep.equal([{ id: 'u1', balance: '8.0000' }]);
+    expect(d.charges.map((c) => [c.chat_id, c.amount])).to.deep.equal([['c1', 10_000n], ['c2', 10_000n]]);
+    expect(d.records).to.have.length(2);
+    expect(d.chats, 'no status changed').to.deep.equal([]);
+    // each snapshot takes the next seq of its chat
+    expect(d.outcomes.map((o) => o.ok && o.meter.seq)).to.deep.equal([8, 8]);
+  });
+
+  it('folds a chat named twice in a batch into one record update and one charge row', () => {
+    const d = decideBatch(given('10', chat('c1')), [
+      { chatId: 'c1', presence: present(T0) },
+      { chatId: 'c1', presence: present(T0) },
+    ], at(5), policy);
+    expect(d.records).to.have.length(1);
+    expect(d.charges).to.deep.equal([{ user_id: 'u1', chat_id: 'c1', amount: 5000n, balance_after: '9.5000', idempotency_key: 'charge:c1:0' }]);
+    expect(d.outcomes).to.have.length(1);
+  });
+
+  it('writes nothing and pushes nothing for an away chat that did not change', () => {
+    const away = chat('c1', { meter_state: 'away' });
+    const d = decideBatch(given('10', away), [{ chatId: 'c1', presence: null }], at(5), policy);
+    expect(d.records).to.deep.equal([]);
+    expect(d.users).to.deep.equal([]);
+    expect(d.outcomes[0]).to.deep.include({ ok: true, push: false });
+  });
+
+  it('refuses a command that makes no sense, yet reports an end this settlement caused instead', () => {
+    const pending = chat('c1');
+    pending.chat.status = 'ended';
+    pending.chat.end_reason = 'ended_by_user';
+    pending.chat.ended_at = new Date(T0);
+    const refused = decideBatch(given('10', pending), [{ chatId: 'c1', presence: null, command: { kind: 'pause' } }], at(1), policy);
+    expect(refused.outcomes[0]!.ok).to.equal(false);
+    // 1 credit pays 10 s: the pause at 12 s finds the chat ended out of credits, and says so
+    const broke = decideBatch(given('1', chat('c1')), [{ chatId: 'c1', presence: present(T0), command: { kind: 'pause' } }], at(12), policy);
+    expect(broke.outcomes[0]).to.deep.include({ ok: true, ended: 'out_of_credits' });
+    expect(broke.chats).to.have.length(1);
+  });
+
+  it('skips a chat without a record unless a command needs one, and reports an unknown chat', () => {
+    const d = decideBatch(given('10'), [
+      { chatId: 'ghost', presence: null },
+      { chatId: 'ghost', presence: null, command: { kind: 'start' } },
+    ], at(1), policy);
+    expect(d.outcomes.map((o) => !o.ok && o.error.code)).to.deep.equal(['not_found', 'not_found']);
+    const noRecord = given('10');
+    noRecord.chats.push(chat('c1').chat);
+    const e = decideBatch(noRecord, [{ chatId: 'c1', presence: null }, { chatId: 'c1', presence: null, command: { kind: 'start' } }], at(1), policy);
+    expect(e.outcomes.map((o) => !o.ok && o.error.code)).to.deep.equal(['conflict']);
+  });
+});
