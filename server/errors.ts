@@ -54,3 +54,8 @@ export class LeaseLostError extends ConflictError {
     super(message);
   }
 }
+
+/** A chat whose rows another transaction holds: a scheduled tick skips it and settles it at the next. */
+export class BusyError extends ConflictError {
+  override name = 'BusyError';
+}

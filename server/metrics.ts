@@ -58,6 +58,11 @@ export class Metrics implements TickerMetrics, ClusterMetrics {
     help: 'Chat settlements refused by the fence: this node had lost the lease',
     registers: [this.registry],
   });
+  readonly busySettlements = new Counter({
+    name: 'chatmeter_busy_settlements_total',
+    help: 'Chats a tick skipped because another transaction held their rows (settled at their next tick)',
+    registers: [this.registry],
+  });
   readonly clusterReconcileErrors = new Counter({
     name: 'chatmeter_cluster_reconcile_errors_total',
     help: 'Failed looks at the cluster (membership and lease renewal)',
@@ -79,6 +84,10 @@ export class Metrics implements TickerMetrics, ClusterMetrics {
 
   fenced(chats: number): void {
     this.fencedSettlements.inc(chats);
+  }
+
+  busy(chats: number): void {
+    this.busySettlements.inc(chats);
   }
 
   leasesAcquired(n: number): void {

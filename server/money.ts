@@ -6,22 +6,32 @@
 /** Units per credit (4 fraction digits). */
 export const UNITS_PER_CREDIT = 10_000n;
 
+/** What the API takes: 15 integer digits. */
 const AMOUNT = /^(\d{1,15})(?:\.(\d{1,4}))?$/;
+/** What the columns hold (numeric(20,4)): 16 integer digits, so a chat's credits may pass the API's cap. */
+const STORED = /^(\d{1,16})(?:\.(\d{1,4}))?$/;
 
-/** The largest amount (and balance) the server computes with: 15 integer digits, 4 decimals. */
+/** The largest amount the API takes (a balance, a top-up): 15 integer digits, 4 decimals. */
 export const MAX_AMOUNT_UNITS = 10n ** 19n - 1n;
 
-/** True for a non-negative decimal string with at most 4 fraction digits. */
+/**
+ * The largest rate per minute an advisor may have: 1,000,000 credits. At it a chat
+ * would run about 19,000 years before its credits left the columns' 16 digits.
+ */
+export const MAX_RATE_UNITS = 1_000_000n * 10_000n;
+
+/** True for a non-negative decimal string with at most 15 integer and 4 fraction digits. */
 export function isAmount(s: string): boolean {
   return AMOUNT.test(s);
 }
 
 /**
- * Parses a non-negative decimal string (`"12.5"`, `"0.0001"`) into units.
+ * Parses a non-negative decimal string (`"12.5"`, `"0.0001"`) into units; takes the
+ * 16 integer digits a column may hold (input is checked with `isAmount` first).
  * @example parseAmount('12.5') === 125000n
  */
 export function parseAmount(s: string): bigint {
-  const m = AMOUNT.exec(s);
+  const m = STORED.exec(s);
   if (!m) throw new RangeError(`not an amount with at most 4 decimals: ${JSON.stringify(s)}`);
   return BigInt(m[1]!) * UNITS_PER_CREDIT + BigInt((m[2] ?? '').padEnd(4, '0'));
 }

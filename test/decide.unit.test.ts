@@ -92,6 +92,20 @@ describe('decideBatch (the decide step of a settlement, no database)', () => {
     expect(broke.chats).to.have.length(1);
   });
 
+  it('fails only the chat whose row it cannot read, and bills the rest of the batch', () => {
+    const bad = chat('c1', { rate_per_minute: 'not-an-amount' });
+    bad.chat.user_id = 'u2';
+    bad.record.user_id = 'u2';
+    const rows = given('10', bad, chat('c2'));
+    rows.users.push({ id: 'u2', balance: '10' });
+    rows.allowances.push({ user_id: 'u2', advisor_id: 'a1', allocation_seconds: 0, used_seconds: 0 });
+    const d = decideBatch(rows, [{ chatId: 'c1', presence: present(T0) }, { chatId: 'c2', presence: present(T0) }], at(3), policy);
+    const byChat = Object.fromEntries(d.outcomes.map((o) => [o.chatId, o.ok ? o.meter.durationSeconds : o.error.code]));
+    expect(byChat).to.deep.equal({ c1: 'internal', c2: 3 });
+    expect(d.users).to.deep.equal([{ id: 'u1', balance: '9.7000' }]);
+    expect(d.records).to.have.length(1);
+  });
+
   it('skips a chat without a record unless a command needs one, and reports an unknown chat', () => {
     const d = decideBatch(given('10'), [
       { chatId: 'ghost', presence: null },

@@ -427,11 +427,15 @@ describe('HTTP API (real server, fetch on loopback)', () => {
         { ratePerMinute: '1', freeSeconds: '10' },
         { ratePerMinute: '1', freeSeconds: null },
         { ratePerMinute: '1', name: 5 },
+        // capped so a chat of any length stays within the columns' range
+        { ratePerMinute: '1000000.0001' },
+        { ratePerMinute: '999999999999999.9999' },
       ];
       for (const body of bodies) expectError(await api('PUT', '/v1/advisors/a1', body), 400, 'bad_request', JSON.stringify(body));
       expectError(await api('PUT', `/v1/advisors/${'a'.repeat(65)}`, { ratePerMinute: '1' }), 400, 'bad_request');
       expectError(await api('PUT', `/v1/advisors/${encodeURIComponent('bad id!')}`, { ratePerMinute: '1' }), 400, 'bad_request');
       expectError(await api('GET', '/v1/advisors/a1'), 404, 'not_found');
+      expect((await api('PUT', '/v1/advisors/a1', { ratePerMinute: '1000000' })).status).to.equal(201);
     });
   });
 

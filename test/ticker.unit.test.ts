@@ -125,6 +125,16 @@ describe('ticker (fake clock)', () => {
     await stop();
   });
 
+  it('backs a chat that keeps failing off (2, 4, 8 ... ticks) while the rest of its bucket ticks on', async () => {
+    const { clock, ticker, calls, counts, stop } = build({ chats: ['a', 'poison'], buckets: 1 });
+    await ticker.start();
+    await clock.tickAsync(20_000);
+    // 'a' every tick; 'poison' tried at ticks 1, 3, 7 and 15 instead of all 20
+    expect(calls.filter((c) => c.ids.includes('a'))).to.have.length(20);
+    expect(counts.errors).to.equal(4);
+    await stop();
+  });
+
   it('stops scheduling after stop()', async () => {
     const { clock, ticker, calls, stop } = build({ chats: ['a'], buckets: 1 });
     await ticker.start();

@@ -16,7 +16,7 @@ import type { TimeRecords } from '../metering/records.js';
 import type { SettlementService } from '../metering/settlement.js';
 import type { Tokens } from '../tokens.js';
 import { AmountString, Id, describeIssues } from '../validation.js';
-import { parseAmount } from '../money.js';
+import { MAX_RATE_UNITS, formatAmount, isAmount, parseAmount } from '../money.js';
 
 /** HTTP status of each error code. */
 export const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -49,7 +49,7 @@ const UserBody = z.object({ name: z.string().max(200).optional(), balance: Amoun
 const CreditsBody = z.object({ amount: AmountString, idempotencyKey: z.string().min(1).max(200) });
 const AdvisorBody = z.object({
   name: z.string().max(200).optional(),
-  ratePerMinute: AmountString,
+  ratePerMinute: AmountString.refine((s) => !isAmount(s) || parseAmount(s) <= MAX_RATE_UNITS, `must be at most ${formatAmount(MAX_RATE_UNITS)} credits a minute`),
   freeSeconds: z.number().int().min(0).max(10_000_000).optional(),
 });
 const ChatBody = z.object({ id: Id, userId: Id, advisorId: Id });

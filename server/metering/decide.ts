@@ -6,7 +6,7 @@
  */
 import type { EndReason, MeterSnapshot } from '../../client-sdk/src/protocol.js';
 import type { Fence } from '../cluster/cluster.js';
-import { ConflictError, NotFoundError } from '../errors.js';
+import { ConflictError, DomainError, NotFoundError } from '../errors.js';
 import { formatAmount, parseAmount } from '../money.js';
 import {
   type Allowance,
@@ -43,7 +43,7 @@ export type SettleOutcome =
       /** Credits taken from the balance by this settlement (units). */
       charge: bigint;
     }
-  | { chatId: string; ok: false; error: NotFoundError | ConflictError };
+  | { chatId: string; ok: false; error: DomainError };
 
 /** Options of one batch. */
 export interface SettleOptions {
@@ -54,6 +54,11 @@ export interface SettleOptions {
    * in this transaction, so no takeover commits meanwhile); the others get a LeaseLostError.
    */
   fence?: Fence | null;
+  /**
+   * Skip chats whose rows another transaction holds (a scheduled tick): they get a
+   * BusyError and are settled at their next tick, and no chat waits on another's lock.
+   */
+  skipLocked?: boolean;
 }
 
 /** A time record row as Postgres returns it. */
@@ -166,59 +171,65 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       }
       continue;
     }
-    const key = pairKey(chat.user_id, chat.advisor_id);
-    const prior = work.get(item.chatId);
-    const w: Work = prior ?? {
-      record,
-      before: toMeter(chat, record),
-      meter: toMeter(chat, record),
-      rate: parseAmount(record.rate_per_minute),
-      commanded: false,
-      ended: null,
-      lowBalance: false,
-      charge: 0n,
-    };
-    if (item.refresh) w.commanded = true;
-    const result = settle({
-      chat: w.meter,
-      allowance: allowances.get(key)!,
-      balance: balances.get(chat.user_id)!,
-      ratePerMinute: w.rate,
-      presence: item.presence,
-      now,
-      observedSince: opts.observedSince ?? -Infinity,
-      policy,
-    });
-    let meter = result.chat;
-    if (item.command) {
-      const applied = applyCommand(meter, item.command, now);
-      if ('refused' in applied) {
-        // a chat this very settlement ended (out of credits, abandoned) reports that end, which
-        // must be pushed, rather than a refusal, which callers drop
-        if (!result.ended) w.refusal = new ConflictError(applied.refused);
-      } else {
-        meter = applied;
-        if (meter.status !== 'ended') meter.meterState = meterState(meter, item.presence, now);
-        w.commanded = true;
-      }
-    }
-    const balance = result.balance;
-    balances.set(chat.user_id, balance);
-    allowances.set(key, result.allowance);
-    w.meter = meter;
-    w.ended = w.ended ?? result.ended ?? (meter.status === 'ended' && w.before.status !== 'ended' ? meter.endReason : null);
-    w.lowBalance = w.lowBalance || result.lowBalance;
-    w.charge += result.charge;
-    work.set(item.chatId, w);
-    if (result.charge > 0n) {
-      const prev = charges.get(chat.id);
-      charges.set(chat.id, {
-        user_id: chat.user_id,
-        chat_id: chat.id,
-        amount: (prev?.amount ?? 0n) + result.charge,
-        balance_after: formatAmount(balance),
-        idempotency_key: `charge:${chat.id}:${record.charge_segment}`,
+    try {
+      const key = pairKey(chat.user_id, chat.advisor_id);
+      const prior = work.get(item.chatId);
+      const w: Work = prior ?? {
+        record,
+        before: toMeter(chat, record),
+        meter: toMeter(chat, record),
+        rate: parseAmount(record.rate_per_minute),
+        commanded: false,
+        ended: null,
+        lowBalance: false,
+        charge: 0n,
+      };
+      if (item.refresh) w.commanded = true;
+      const result = settle({
+        chat: w.meter,
+        allowance: allowances.get(key)!,
+        balance: balances.get(chat.user_id)!,
+        ratePerMinute: w.rate,
+        presence: item.presence,
+        now,
+        observedSince: opts.observedSince ?? -Infinity,
+        policy,
       });
+      let meter = result.chat;
+      if (item.command) {
+        const applied = applyCommand(meter, item.command, now);
+        if ('refused' in applied) {
+          // a chat this very settlement ended (out of credits, abandoned) reports that end, which
+          // must be pushed, rather than a refusal, which callers drop
+          if (!result.ended) w.refusal = new ConflictError(applied.refused);
+        } else {
+          meter = applied;
+          if (meter.status !== 'ended') meter.meterState = meterState(meter, item.presence, now);
+          w.commanded = true;
+        }
+      }
+      const balance = result.balance;
+      balances.set(chat.user_id, balance);
+      allowances.set(key, result.allowance);
+      w.meter = meter;
+      w.ended = w.ended ?? result.ended ?? (meter.status === 'ended' && w.before.status !== 'ended' ? meter.endReason : null);
+      w.lowBalance = w.lowBalance || result.lowBalance;
+      w.charge += result.charge;
+      work.set(item.chatId, w);
+      if (result.charge > 0n) {
+        const prev = charges.get(chat.id);
+        charges.set(chat.id, {
+          user_id: chat.user_id,
+          chat_id: chat.id,
+          amount: (prev?.amount ?? 0n) + result.charge,
+          balance_after: formatAmount(balance),
+          idempotency_key: `charge:${chat.id}:${record.charge_segment}`,
+        });
+      }
+    } catch (err) {
+      // one chat's bad data (an amount out of range) fails that chat, never its batch; what can
+      // throw (parsing its rows) runs before any balance or allowance of the batch moves
+      failures.push({ chatId: item.chatId, ok: false, error: new DomainError('internal', `settling chat ${item.chatId} failed: ${(err as Error).message}`, { cause: err }) });
     }
   }
 

@@ -10,7 +10,7 @@ import type { DataSource, EntityManager } from 'typeorm';
 import { ErrorCode, type MeterSnapshot } from '../../client-sdk/src/protocol.js';
 import type { Fence } from '../cluster/cluster.js';
 import { shardOf } from '../cluster/shards.js';
-import { BadRequestError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
+import { BadRequestError, BusyError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
 import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
   type AllowanceRow,
@@ -119,17 +119,22 @@ export class SettlementService {
       items = items.filter((i) => !refused.has(i.chatId));
       if (!items.length) return fenced;
     }
-    const rows = await this.readLocked(em, items);
+    const { rows, busy } = await this.readLocked(em, items, opts.skipLocked ?? false);
+    if (busy.size) items = items.filter((i) => !busy.has(i.chatId));
     const decision = decideBatch(rows, items, now, this.policy, opts);
     await this.write(em, decision);
-    return [...decision.outcomes, ...fenced];
+    const skipped: SettleOutcome[] = [...busy].map((chatId) => ({ chatId, ok: false, error: new BusyError(`chat ${chatId} is being settled elsewhere`) }));
+    return [...decision.outcomes, ...fenced, ...skipped];
   }
 
   /**
    * Reads every row of the batch's chats, locked in a fixed order (users, allowances,
-   * chats, records, each sorted) so concurrent settlements never deadlock.
+   * chats, records, each sorted) so concurrent settlements never deadlock. With
+   * `skipLocked`, rows another transaction holds are skipped, and the chats missing
+   * any of their rows come back as busy (their locked rows are released at commit).
    */
-  private async readLocked(em: EntityManager, items: SettleItem[]): Promise<LockedRows> {
+  private async readLocked(em: EntityManager, items: SettleItem[], skipLocked: boolean): Promise<{ rows: LockedRows; busy: Set<string> }> {
+    const lock = skipLocked ? 'FOR UPDATE SKIP LOCKED' : 'FOR UPDATE';
     const chatIds = [...new Set(items.map((i) => i.chatId))].sort();
     // user and advisor of a chat never change: read them without a lock to know what to lock
     const owners: Array<{ id: string; user_id: string; advisor_id: string }> = await em.query(
@@ -140,25 +145,43 @@ export class SettlementService {
     const pairs = uniqueBy(owners.map((o) => [o.user_id, o.advisor_id] as const), ([u, a]) => pairKey(u, a));
 
     const users: Array<{ id: string; balance: string }> = await em.query(
-      `SELECT id, balance FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
+      `SELECT id, balance FROM users WHERE id = ANY($1::text[]) ORDER BY id ${lock}`,
       [userIds],
     );
     const allowanceRows: AllowanceRow[] = await em.query(
       `SELECT user_id, advisor_id, allocation_seconds, used_seconds FROM free_time_allowances
         WHERE (user_id, advisor_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-        ORDER BY user_id, advisor_id FOR UPDATE`,
+        ORDER BY user_id, advisor_id ${lock}`,
       [pairs.map((p) => p[0]), pairs.map((p) => p[1])],
     );
     const chatRows: ChatRow[] = await em.query(
-      `SELECT * FROM chats WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
+      `SELECT * FROM chats WHERE id = ANY($1::text[]) ORDER BY id ${lock}`,
       [chatIds],
     );
     const recordRows: RecordRow[] = await em.query(
-      `SELECT * FROM conversation_time_records WHERE chat_id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
+      `SELECT * FROM conversation_time_records WHERE chat_id = ANY($1::text[]) ORDER BY id ${lock}`,
       [chatIds],
     );
 
-    return { users, allowances: allowanceRows, chats: chatRows, records: recordRows };
+    const rows = { users, allowances: allowanceRows, chats: chatRows, records: recordRows };
+    const busy = new Set<string>();
+    if (skipLocked) {
+      const lockedUsers = new Set(users.map((u) => u.id));
+      const lockedPairs = new Set(allowanceRows.map((a) => pairKey(a.user_id, a.advisor_id)));
+      const lockedChats = new Set(chatRows.map((c) => c.id));
+      // a chat without a record yet has none to lock; one that has it must have it locked
+      const recordOf = new Set(recordRows.map((r) => r.chat_id));
+      const hasRecord: Array<{ chat_id: string }> = recordRows.length === owners.length ? [] : await em.query(
+        `SELECT chat_id FROM conversation_time_records WHERE chat_id = ANY($1::text[])`,
+        [owners.map((o) => o.id).filter((id) => !recordOf.has(id))],
+      );
+      const unlockedRecord = new Set(hasRecord.map((r) => r.chat_id));
+      for (const o of owners) {
+        const whole = lockedUsers.has(o.user_id) && lockedPairs.has(pairKey(o.user_id, o.advisor_id)) && lockedChats.has(o.id) && !unlockedRecord.has(o.id);
+        if (!whole) busy.add(o.id);
+      }
+    }
+    return { rows, busy };
   }
 
   /** Writes what a batch decided: one statement per table that changed. */

@@ -9,7 +9,7 @@
 import { type Cluster, type Fence, LocalCluster } from '../cluster/cluster.js';
 import { bucketOf } from '../cluster/shards.js';
 import type { Clock } from '../clock.js';
-import { LeaseLostError } from '../errors.js';
+import { BusyError, LeaseLostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PresenceStore } from './presence.js';
 import type { SettleItem, SettleOutcome, SettlementService } from './settlement.js';
@@ -25,6 +25,8 @@ export interface TickerMetrics {
   observeLag?(seconds: number): void;
   /** Chats a settlement refused because this node's lease was gone. */
   fenced?(chats: number): void;
+  /** Chats a scheduled settlement skipped because another transaction held their rows. */
+  busy?(chats: number): void;
 }
 
 /** The ticker's collaborators. */
@@ -75,6 +77,8 @@ export class Ticker {
   private soonFlush: Promise<void> | null = null;
   private stopped = true;
   private readonly cluster: Cluster;
+  /** Chats that failed on their own (bad data), and when the schedule tries them again. */
+  private readonly failing = new Map<string, { failures: number; retryAt: number }>();
   private rescanTimer: unknown = null;
   private rescanning: Promise<void> | null = null;
   /** Chats tracked while a rescan was reading: kept whatever the rescan read. */
@@ -155,6 +159,7 @@ export class Ticker {
   /** Stops metering this chat. */
   untrack(chatId: string): void {
     this.chats.delete(chatId);
+    this.failing.delete(chatId);
     this.d.metrics.activeChatsCount(this.chats.size);
   }
 
@@ -172,13 +177,13 @@ export class Ticker {
    * Settles these chats now (a command, a presence change) and publishes the
    * outcomes. Errors propagate to the caller.
    */
-  async settleNow(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null = null): Promise<SettleOutcome[]> {
+  async settleNow(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null = null, skipLocked = false): Promise<SettleOutcome[]> {
     const now = this.d.clock.now();
     const spans = await this.d.presence.spans(items.map((i) => i.chatId), now);
     const outcomes = await this.d.engine.settleBatch(
       items.map((i) => ({ ...i, presence: spans.get(i.chatId) ?? null })),
       now,
-      { observedSince: this.startedAt, fence },
+      { observedSince: this.startedAt, fence, skipLocked },
     );
     this.absorb(outcomes);
     return outcomes;
@@ -227,9 +232,11 @@ export class Ticker {
   private absorb(outcomes: SettleOutcome[]): void {
     const fenced: number[] = [];
     const tracked: string[] = [];
+    let busy = 0;
     for (const o of outcomes) {
       if (!o.ok) {
         if (o.error instanceof LeaseLostError) fenced.push(o.error.shard);
+        else if (o.error instanceof BusyError) busy++;
         continue;
       }
       if (o.meter.state === 'ended') {
@@ -240,6 +247,7 @@ export class Ticker {
         tracked.push(o.chatId);
       }
     }
+    if (busy) this.d.metrics.busy?.(busy);
     if (fenced.length) {
       this.d.metrics.fenced?.(fenced.length);
       this.cluster.lost([...new Set(fenced)]);
@@ -293,6 +301,9 @@ export class Ticker {
    * Returns how many it settled.
    */
   private async settleDue(ids: string[]): Promise<number> {
+    const now = this.d.clock.now();
+    // a chat that keeps failing on its own waits longer each time, so it can't cost every tick
+    ids = ids.filter((id) => (this.failing.get(id)?.retryAt ?? 0) <= now);
     const localOnly = this.d.localOnly?.() ?? false;
     const unowned = this.d.settlesUnowned ?? (() => false);
     const claimed = this.cluster.claim(ids);
@@ -300,9 +311,26 @@ export class Ticker {
     if (localOnly) owned = owned.filter(unowned);
     const ownedSet = new Set(claimed.chatIds);
     const others = ids.filter((id) => !ownedSet.has(id) && unowned(id));
-    if (owned.length) await this.settleMany(owned, claimed.fence);
-    if (others.length) await this.settleMany(others, null);
+    // on the schedule no chat waits for another's locked rows: those are settled at their next tick
+    for (const [part, fence] of [[owned, claimed.fence], [others, null]] as const) {
+      if (!part.length) continue;
+      const { outcomes, failures } = await this.settleMany(part, fence, true);
+      for (const id of part) {
+        const o = outcomes.get(id);
+        const failedAlone = o ? !o.ok && o.error.code === 'internal' : failures.has(id) && refusedForData(failures.get(id));
+        if (failedAlone) this.backOff(id, now);
+        else if (o?.ok) this.failing.delete(id);
+      }
+    }
     return owned.length + others.length;
+  }
+
+  /** The chat failed on its own again: skip it for 2, 4, 8 ... ticks (at most 64). */
+  private backOff(chatId: string, now: number): void {
+    const failures = (this.failing.get(chatId)?.failures ?? 0) + 1;
+    const ticks = 2 ** Math.min(failures, 6);
+    this.failing.set(chatId, { failures, retryAt: now + ticks * this.d.tickMs });
+    this.d.log.warn({ chatId, failures, retryInTicks: ticks }, 'chat keeps failing to settle; backing off');
   }
 
   /**
@@ -313,12 +341,13 @@ export class Ticker {
   private async settleMany(
     ids: string[],
     fence: Fence | null = null,
+    skipLocked = false,
   ): Promise<{ outcomes: Map<string, SettleOutcome>; failures: Map<string, unknown> }> {
     const outcomes = new Map<string, SettleOutcome>();
     const failures = new Map<string, unknown>();
     const run = async (part: string[]): Promise<void> => {
       try {
-        for (const o of await this.settleNow(part.map((chatId) => ({ chatId })), fence)) outcomes.set(o.chatId, o);
+        for (const o of await this.settleNow(part.map((chatId) => ({ chatId })), fence, skipLocked)) outcomes.set(o.chatId, o);
       } catch (err) {
         if (part.length > 1 && refusedForData(err)) {
           const half = Math.ceil(part.length / 2);
