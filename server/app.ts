@@ -50,7 +50,7 @@ export interface AppDeps {
   rateLimit?: { perSocket: number; perPrincipal: number };
   /** Phase buckets per tick. */
   tickBuckets?: number;
-  /** Called when another node took this database over (after a lost connection): `main` exits. */
+  /** Called when another kind of node took this database over (after a lost connection): `main` exits. */
   onLostSingleNode?: () => void;
 }
 
@@ -85,7 +85,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   const ownsDs = !deps.dataSource;
   const ds = deps.dataSource ?? (await createDataSource(config));
   if (!ds.isInitialized) await ds.initialize();
-  const applied = await ds.runMigrations({ transaction: 'each' });
+  const applied = await migrate(ds, Boolean(config.databaseUrl));
   if (applied.length) log.info({ migrations: applied.map((m) => m.name) }, 'migrations applied');
 
   // one clock for billing: the database's (tests that drive time inject theirs)
@@ -255,12 +255,13 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     cluster,
     services: { accounts, engine, meters, records, presence, tokens },
     async listen(port) {
-      // without Redis, nodes can't share presence: one node per database, and the error says why
-      if (!redis) {
-        singleNode = await claimSingleNode(ds, Boolean(config.databaseUrl), nodeId, () => {
+      // without Redis, nodes can't share presence: one node per database; with it, any number,
+      // but never beside a node without it (or of a version before clusters)
+      {
+        singleNode = await claimNodeLock(ds, Boolean(config.databaseUrl), redis ? 'shared' : 'exclusive', nodeId, () => {
           // another node runs on this database now: this one stops metering and says so
           ready = false;
-          log.fatal({}, 'lost the single-node lock to another node; metering stopped here');
+          log.fatal({}, 'lost the node lock to another node; metering stopped here');
           metrics.backgroundErrors.inc({ where: 'single_node_lock' });
           ticker.stop().catch(() => undefined);
           deps.onLostSingleNode?.();
@@ -318,6 +319,25 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   };
 }
 
+const MIGRATION_LOCK = 0x63686d67; // "chmg"
+
+/**
+ * Runs pending migrations; on Postgres under an advisory lock, so nodes of a cluster
+ * starting at once apply each migration once (the others wait, then find nothing to run).
+ */
+async function migrate(ds: DataSource, postgres: boolean): Promise<Array<{ name: string }>> {
+  if (!postgres) return ds.runMigrations({ transaction: 'each' });
+  const runner = ds.createQueryRunner();
+  await runner.connect();
+  try {
+    await runner.query(`SELECT pg_advisory_lock($1)`, [MIGRATION_LOCK]);
+    return await ds.runMigrations({ transaction: 'each' });
+  } finally {
+    await runner.query(`SELECT pg_advisory_unlock($1)`, [MIGRATION_LOCK]).catch(() => undefined);
+    await runner.release();
+  }
+}
+
 /** The cluster's id, kept in the database: every node of one database shares it. */
 async function clusterId(ds: DataSource): Promise<string> {
   const rows: Array<{ value: string }> = await ds.query(`SELECT value FROM cluster_settings WHERE key = 'cluster_id'`);
@@ -340,12 +360,14 @@ const SINGLE_NODE_LOCK = 0x63686d74; // "chmt"
 /**
  * Without Redis, one node per database: two nodes could not see each other's sockets
  * and would flip meters between running and away. A session advisory lock on a
- * connection of its own says which node runs; PGlite needs none (its directory lock
- * admits one process).
+ * connection of its own says which nodes run: a node without Redis holds it alone
+ * (exclusive), nodes of a cluster share it, so neither kind starts beside the other.
+ * PGlite needs none (its directory lock admits one process).
  */
-async function claimSingleNode(
+async function claimNodeLock(
   ds: DataSource,
   postgres: boolean,
+  mode: 'exclusive' | 'shared',
   nodeId: string,
   onLost: () => void,
 ): Promise<{ release(): Promise<void> } | null> {
@@ -353,7 +375,8 @@ async function claimSingleNode(
   const lock = async () => {
     const runner = ds.createQueryRunner();
     await runner.connect();
-    const [{ locked }] = await runner.query(`SELECT pg_try_advisory_lock($1) AS locked`, [SINGLE_NODE_LOCK]);
+    const fn = mode === 'shared' ? 'pg_try_advisory_lock_shared' : 'pg_try_advisory_lock';
+    const [{ locked }] = await runner.query(`SELECT ${fn}($1) AS locked`, [SINGLE_NODE_LOCK]);
     if (locked) return runner;
     await runner.release();
     return null;
@@ -361,7 +384,9 @@ async function claimSingleNode(
   let runner = await lock();
   if (!runner) {
     throw new NodeConflictError(
-      `another chatmeter node already runs on this database; without REDIS_URL only one node may run per database: set REDIS_URL on every node to run several (node ${nodeId} refused to start)`,
+      mode === 'exclusive'
+        ? `another chatmeter node already runs on this database; without REDIS_URL only one node may run per database: set REDIS_URL on every node to run several (node ${nodeId} refused to start)`
+        : `a chatmeter node without REDIS_URL (or of a version before clusters) runs on this database; every node of a cluster needs REDIS_URL (node ${nodeId} refused to start)`,
     );
   }
   // the lock lives as long as its session: when the session dies (a database restart, a proxy)

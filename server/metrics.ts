@@ -7,7 +7,7 @@ import type { TickerMetrics } from './metering/ticker.js';
 export class Metrics implements TickerMetrics, ClusterMetrics {
   readonly registry = new Registry();
   readonly sockets = new Gauge({ name: 'chatmeter_sockets', help: 'Connected sockets', registers: [this.registry] });
-  readonly activeChats = new Gauge({ name: 'chatmeter_active_chats', help: 'Chats metered by this node', registers: [this.registry] });
+  readonly activeChats = new Gauge({ name: 'chatmeter_active_chats', help: 'Active chats this node knows of (every node tracks the whole cluster\'s; it settles those of its leases)', registers: [this.registry] });
   readonly slotDuration = new Histogram({
     name: 'chatmeter_tick_slot_seconds',
     help: 'Time to settle one tick slot (one phase bucket of chats)',
@@ -35,7 +35,7 @@ export class Metrics implements TickerMetrics, ClusterMetrics {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [this.registry],
   });
-  readonly redisUp = new Gauge({ name: 'chatmeter_redis_up', help: '1 while this node is connected to Redis (absent without REDIS_URL)', registers: [this.registry] });
+  readonly redisUp = new Gauge({ name: 'chatmeter_redis_up', help: '1 while this node is connected to Redis, 0 while not or without REDIS_URL', registers: [this.registry] });
   readonly presenceDegraded = new Gauge({
     name: 'chatmeter_presence_degraded',
     help: '1 while presence is this node\'s sockets only (Redis down or catching up)',

@@ -178,3 +178,25 @@ describe('migrations (hand-written SQL, with a real down)', () => {
     });
   });
 });
+
+describe('migrations when a cluster starts at once (real Postgres)', () => {
+  it('are applied once while three nodes start together on an empty database', async function () {
+    this.timeout(30_000);
+    const db = await freshDatabase({ migrate: false });
+    try {
+      // several nodes on one database are a cluster: Redis is needed
+      if (db.embedded || !process.env.REDIS_URL) this.skip();
+      const { startNode } = await import('./support/server.js');
+      const nodes = await Promise.all([0, 1, 2].map(() => startNode(db)));
+      try {
+        const names: Array<{ name: string }> = await db.ds.query(`SELECT name FROM migrations ORDER BY id`);
+        expect(names.map((n) => n.name)).to.deep.equal(['Initial1764300000000', 'Cluster1764400000000']);
+        for (const n of nodes) expect((await n.api('GET', '/readyz')).status).to.equal(200);
+      } finally {
+        for (const n of nodes) await n.close();
+      }
+    } finally {
+      await db.close();
+    }
+  });
+});

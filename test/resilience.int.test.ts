@@ -71,6 +71,29 @@ describe('resilience (real Postgres and a Redis of its own)', () => {
     expect((await node.api('GET', '/readyz')).status).to.equal(200);
   });
 
+  it('never runs a node without Redis beside nodes of a cluster, whichever starts first', async function () {
+    if (!db.url || !process.env.REDIS_URL) this.skip();
+    const refused = (p: Promise<TestNode>) =>
+      p.then(
+        async (n) => {
+          await n.close();
+          return null;
+        },
+        (e: Error) => e,
+      );
+    node = await startNode(db);
+    const lone = await refused(startNode(db, { REDIS_URL: '' }));
+    expect(lone?.name).to.equal('NodeConflictError');
+    expect(lone?.message).to.include('set REDIS_URL on every node');
+    // a second node of the cluster is welcome
+    const peer = await startNode(db);
+    await peer.close();
+    await node.close();
+    node = await startNode(db, { REDIS_URL: '' });
+    const clustered = await refused(startNode(db));
+    expect(clustered?.message).to.include('every node of a cluster needs REDIS_URL');
+  });
+
   it('stops metering when another node took the database over after its lock\'s connection died', async function () {
     if (!db.url) this.skip();
     this.timeout(30_000);

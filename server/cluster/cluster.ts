@@ -30,7 +30,10 @@ export interface ClusterStatus {
 /** Membership and settlement leases of one node. */
 export interface Cluster {
   readonly nodeId: string;
-  /** Joins the cluster and takes this node's share of the shards before resolving. */
+  /**
+   * Joins the cluster and takes what shards are free before resolving (alone: all of them);
+   * a node joining others gets its share as they hand it over, within a renewal.
+   */
   start(): Promise<void>;
   /**
    * Of these chats, the ones this node settles on its schedule, and the fence to

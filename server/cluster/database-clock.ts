@@ -36,7 +36,7 @@ export class DatabaseClock implements Clock {
     this.base.clearTimeout(handle);
   }
 
-  /** This node's clock minus the database's, as last measured. */
+  /** The database's clock minus this node's, as last measured (ms). */
   get offset(): number {
     return this.offsetMs;
   }
