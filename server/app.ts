@@ -184,7 +184,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   cluster.onAcquired(() => void ticker.rescan());
   if (redis) {
     io.on('chats:tracked', (chatIds: unknown) => {
-      if (Array.isArray(chatIds)) for (const id of chatIds) if (typeof id === 'string') ticker.track(id);
+      if (Array.isArray(chatIds)) ticker.wake(chatIds.filter((id): id is string => typeof id === 'string'));
     });
     io.on('cluster:changed', () => cluster.poke());
   }

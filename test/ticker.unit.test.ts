@@ -190,3 +190,62 @@ describe('ticker (fake clock)', () => {
     for (const id of chats.slice(0, 50)) expect(bucketOf(id, 10)).to.equal(bucketOf(id, 10)).and.to.be.within(0, 9);
   });
 });
+
+describe('ticker: idle chats (fake clock)', () => {
+  /** An engine whose every chat comes back away, due again 5 s later, unless present: then running. */
+  function awayEngine(clock: FakeClock, presence: LocalPresence) {
+    const settled: Array<{ at: number; id: string }> = [];
+    const engine = {
+      async settleBatch(items: SettleItem[], now: number): Promise<SettleOutcome[]> {
+        return items.map(({ chatId, presence: span }) => {
+          settled.push({ at: now - 1_000_000, id: chatId });
+          const running = span !== null && span.since <= now && now < span.until;
+          return {
+            chatId,
+            ok: true,
+            meter: { chatId, state: running ? 'running' : 'away' },
+            push: running,
+            ended: null,
+            lowBalance: false,
+            charge: 0n,
+            wakeAt: running ? null : now + 5000,
+          } as unknown as SettleOutcome;
+        });
+      },
+    };
+    return { engine: engine as unknown as SettlementService, settled, presence, clock };
+  }
+
+  it('settles an away chat at its deadline or when its user comes back, not on every tick', async () => {
+    const clock = FakeTimers.createClock(1_000_000);
+    const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
+    const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
+    const { engine, settled } = awayEngine(clock, presence);
+    const ticker = new Ticker({
+      clock: asClock,
+      engine,
+      presence,
+      log: pino({ level: 'silent' }),
+      metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
+      publish: () => {},
+      loadActiveChatIds: async () => ['a', 'b'],
+      tickMs: 1000,
+      buckets: 1,
+    });
+    await ticker.start();
+    await clock.tickAsync(9_000);
+    // settled at the first tick, then only at the 5 s deadline: not nine times each
+    expect(settled.filter((s) => s.id === 'a').map((s) => s.at)).to.deep.equal([1000, 6000]);
+    // b's user comes back at 9.5 s: b is settled at the next tick, and every tick while running
+    await presence.join('b', 'tab', clock.now + 500);
+    await clock.tickAsync(3000);
+    expect(settled.filter((s) => s.id === 'b').map((s) => s.at)).to.deep.equal([1000, 6000, 10_000, 11_000, 12_000]);
+    // a command elsewhere wakes a at once
+    ticker.wake(['a']);
+    await clock.tickAsync(1000);
+    expect(settled.filter((s) => s.id === 'a').map((s) => s.at)).to.deep.equal([1000, 6000, 11_000, 13_000]);
+    const stopping = ticker.stop();
+    await clock.tickAsync(1000);
+    await stopping;
+  });
+});

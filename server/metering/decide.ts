@@ -14,6 +14,7 @@ import {
   type Command,
   type Policy,
   type PresenceSpan,
+  abandonDeadline,
   applyCommand,
   freeSecondsRemaining,
   meterState,
@@ -42,6 +43,11 @@ export type SettleOutcome =
       lowBalance: boolean;
       /** Credits taken from the balance by this settlement (units). */
       charge: bigint;
+      /**
+       * For an away or paused chat: when it must be settled again even if nothing else
+       * happens (its abandonment deadline); null otherwise.
+       */
+      wakeAt: number | null;
     }
   | { chatId: string; ok: false; error: DomainError };
 
@@ -282,6 +288,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       ended: w.ended,
       lowBalance: w.lowBalance,
       charge: w.charge,
+      wakeAt: w.meter.meterState === 'away' || w.meter.meterState === 'paused' ? abandonDeadline(w.meter, opts.observedSince ?? -Infinity, policy) : null,
     });
   }
 

@@ -120,6 +120,16 @@ export function meterState(chat: ChatMeter, presence: PresenceSpan | null, now: 
   }
 }
 
+/**
+ * When an active chat whose user stays away ends `abandoned`: the abandon timeout after
+ * the user was last present (or the chat started, or absence began to be observed).
+ * Null for a chat that is not active. Until then an away or paused chat needs no settling.
+ */
+export function abandonDeadline(chat: ChatMeter, observedSince: number, policy: Policy): number | null {
+  if (chat.status !== 'active') return null;
+  return Math.max(chat.lastPresentAt ?? -Infinity, chat.startedAt ?? -Infinity, observedSince) + policy.abandonTimeoutMs;
+}
+
 /** Ends a chat at `now`; the caller has already billed up to it. */
 export function endChat(chat: ChatMeter, reason: EndReason, now: number): ChatMeter {
   return { ...chat, status: 'ended', paused: false, endedAt: now, endReason: reason, meterState: 'ended' };
@@ -186,8 +196,7 @@ export function settle(input: SettleInput): SettleResult {
   }
 
   if (!ended && chat.status === 'active' && !isPresent(presence, now)) {
-    const awaySince = Math.max(chat.lastPresentAt ?? -Infinity, chat.startedAt ?? -Infinity, input.observedSince);
-    if (now - awaySince >= policy.abandonTimeoutMs) ended = 'abandoned';
+    if (now >= abandonDeadline(chat, input.observedSince, policy)!) ended = 'abandoned';
   }
 
   if (ended) chat = endChat(chat, ended, now);

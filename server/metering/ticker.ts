@@ -12,6 +12,7 @@ import type { Clock } from '../clock.js';
 import { BusyError, LeaseLostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PresenceStore } from './presence.js';
+import { isPresent } from './rules.js';
 import type { SettleItem, SettleOutcome, SettlementService } from './settlement.js';
 
 export { bucketOf };
@@ -56,7 +57,10 @@ export interface TickerDeps {
    * `settlesUnowned` says so: a node that can't see other nodes' sockets would flip their meters to away.
    */
   localOnly?: () => boolean;
-  /** Called with chats this node started tracking from an outcome (to tell the other nodes). */
+  /**
+   * Called with chats that started (or woke up) here: newly tracked, or changed by a
+   * command or a balance refresh, so the node that settles them wakes them too.
+   */
   onTracked?: (chatIds: string[]) => void;
   /** How often to reload the active chats (chats started on another node while the news was lost). */
   rescanMs?: number;
@@ -79,6 +83,12 @@ export class Ticker {
   private readonly cluster: Cluster;
   /** Chats that failed on their own (bad data), and when the schedule tries them again. */
   private readonly failing = new Map<string, { failures: number; retryAt: number }>();
+  /**
+   * Away and paused chats, which cost nothing per tick: the schedule settles them at
+   * their abandonment deadline, when presence returns (away), when woken by a command,
+   * or every IDLE_RESETTLE_MS as a safety net.
+   */
+  private readonly idle = new Map<string, { state: 'away' | 'paused'; wakeAt: number; settledAt: number }>();
   private rescanTimer: unknown = null;
   private rescanning: Promise<void> | null = null;
   /** Chats tracked while a rescan was reading: kept whatever the rescan read. */
@@ -156,10 +166,19 @@ export class Ticker {
     this.d.metrics.activeChatsCount(this.chats.size);
   }
 
+  /** Settles these chats at their next tick, however idle they were (a command changed them elsewhere). */
+  wake(chatIds: string[]): void {
+    for (const id of chatIds) {
+      this.idle.delete(id);
+      this.track(id);
+    }
+  }
+
   /** Stops metering this chat. */
   untrack(chatId: string): void {
     this.chats.delete(chatId);
     this.failing.delete(chatId);
+    this.idle.delete(chatId);
     this.d.metrics.activeChatsCount(this.chats.size);
   }
 
@@ -185,7 +204,9 @@ export class Ticker {
       now,
       { observedSince: this.startedAt, fence, skipLocked },
     );
-    this.absorb(outcomes);
+    this.absorb(outcomes, now);
+    const woken = items.filter((i) => i.command || i.refresh).map((i) => i.chatId);
+    if (woken.length) this.d.onTracked?.(woken);
     return outcomes;
   }
 
@@ -226,10 +247,10 @@ export class Ticker {
 
   /** Settles every chat this node settles on its schedule once (at shutdown), carrying on past a failed batch. */
   async settleAll(): Promise<void> {
-    await this.settleDue([...this.chats.keys()]);
+    await this.settleDue([...this.chats.keys()], true);
   }
 
-  private absorb(outcomes: SettleOutcome[]): void {
+  private absorb(outcomes: SettleOutcome[], now: number): void {
     const fenced: number[] = [];
     const tracked: string[] = [];
     let busy = 0;
@@ -242,10 +263,15 @@ export class Ticker {
       if (o.meter.state === 'ended') {
         this.untrack(o.chatId);
         this.d.presence.forget(o.chatId);
-      } else if (o.meter.state !== 'pending' && !this.chats.has(o.chatId)) {
+        continue;
+      }
+      if (o.meter.state !== 'pending' && !this.chats.has(o.chatId)) {
         this.track(o.chatId);
         tracked.push(o.chatId);
       }
+      if ((o.meter.state === 'away' || o.meter.state === 'paused') && o.wakeAt !== null) {
+        this.idle.set(o.chatId, { state: o.meter.state, wakeAt: o.wakeAt, settledAt: now });
+      } else this.idle.delete(o.chatId);
     }
     if (busy) this.d.metrics.busy?.(busy);
     if (fenced.length) {
@@ -300,7 +326,7 @@ export class Ticker {
    * shards under their fence, and unowned ones `settlesUnowned` names, without one.
    * Returns how many it settled.
    */
-  private async settleDue(ids: string[]): Promise<number> {
+  private async settleDue(ids: string[], all = false): Promise<number> {
     const now = this.d.clock.now();
     // a chat that keeps failing on its own waits longer each time, so it can't cost every tick
     ids = ids.filter((id) => (this.failing.get(id)?.retryAt ?? 0) <= now);
@@ -310,7 +336,11 @@ export class Ticker {
     let owned = claimed.chatIds;
     if (localOnly) owned = owned.filter(unowned);
     const ownedSet = new Set(claimed.chatIds);
-    const others = ids.filter((id) => !ownedSet.has(id) && unowned(id));
+    let others = ids.filter((id) => !ownedSet.has(id) && unowned(id));
+    if (!all) {
+      owned = await this.notIdle(owned, now);
+      others = await this.notIdle(others, now);
+    }
     // on the schedule no chat waits for another's locked rows: those are settled at their next tick
     for (const [part, fence] of [[owned, claimed.fence], [others, null]] as const) {
       if (!part.length) continue;
@@ -323,6 +353,26 @@ export class Ticker {
       }
     }
     return owned.length + others.length;
+  }
+
+  /**
+   * Of these chats, those a tick must settle: all but the idle ones (away or paused)
+   * whose deadline has not come, whose safety resettle is not due, and (away) whose
+   * user is still absent: for those a presence lookup replaces a settlement.
+   */
+  private async notIdle(ids: string[], now: number): Promise<string[]> {
+    const due: string[] = [];
+    const away: string[] = [];
+    for (const id of ids) {
+      const i = this.idle.get(id);
+      if (!i || now >= i.wakeAt || now - i.settledAt >= IDLE_RESETTLE_MS) due.push(id);
+      else if (i.state === 'away') away.push(id);
+    }
+    if (away.length) {
+      const spans = await this.d.presence.spans(away, now);
+      for (const id of away) if (isPresent(spans.get(id) ?? null, now)) due.push(id);
+    }
+    return due;
   }
 
   /** The chat failed on its own again: skip it for 2, 4, 8 ... ticks (at most 64). */
@@ -364,6 +414,9 @@ export class Ticker {
     return { outcomes, failures };
   }
 }
+
+/** However idle a chat, the schedule settles it at least this often (balances moved by other chats, other nodes). */
+const IDLE_RESETTLE_MS = 30_000;
 
 /** A cluster of one that holds every chat from the start. */
 function alone(): Cluster {
