@@ -419,6 +419,12 @@ describe('many nodes through a Redis outage (real processes, a Redis of its own)
     const during = await db.ds.query(`SELECT chat_id, duration FROM conversation_time_records ORDER BY chat_id`);
     for (const [i, r] of during.entries()) expect(r.duration, r.chat_id).to.be.at.least(downAt[i].duration + 1);
 
+    // what the advisors receive from now on, with when it arrived
+    const arrivals = advisors.map((adv) => {
+      const seen: Array<{ serverTime: string; at: number }> = [];
+      adv.on('meter', (m: { serverTime: string }) => seen.push({ serverTime: m.serverTime, at: Date.now() }));
+      return seen;
+    });
     redis = startRedis();
     await eventually(redisUp, 5000);
     for (const n of [a, b]) await eventually(async () => (await n.api('GET', '/readyz')).body.degraded?.length === 0, 15_000, 200);
@@ -434,6 +440,11 @@ describe('many nodes through a Redis outage (real processes, a Redis of its own)
         [id],
       );
       expect(r.duration, `${id}: billed ${r.duration} for ${r.span} s present`).to.be.within(Math.floor(r.span) - 1, Math.floor(r.span));
+    }
+    // publishes made while Redis was down were dropped, not queued: nothing stale arrived after it returned
+    for (const seen of arrivals) {
+      expect(seen.length).to.be.greaterThan(0);
+      for (const m of seen) expect(m.at - Date.parse(m.serverTime), 'a fresh meter, not a queued one').to.be.below(1500);
     }
     expect(await verifyInvariants(db.ds)).to.deep.equal([]);
   });
