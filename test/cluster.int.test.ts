@@ -99,6 +99,20 @@ describe('many nodes (real processes, Postgres and Redis)', function () {
     return node;
   }
 
+  /**
+   * A running chat whose settler is one of three nodes, its user's tab on another (x) and
+   * its start sent to the third (y), metered for two seconds.
+   */
+  async function runningAwayFromItsSettler(all: NodeProcess[]) {
+    const { chatId } = await given(all[0]!);
+    const settler = await settlerOf(chatId);
+    const [x, y] = all.filter((n) => n !== settler) as [NodeProcess, NodeProcess];
+    const user = await tab(x, chatId);
+    expect((await y.api('POST', `/v1/chats/${chatId}/start`)).status).to.equal(200);
+    await waitFor(user, 'meter', (m) => m.durationSeconds >= 2, 6000);
+    return { chatId, settler, x, y, user };
+  }
+
   /** The record's billed seconds, and the whole seconds between the chat's start and its end (or now). */
   async function billedVsPresent(chatId: string): Promise<{ billed: number; present: number }> {
     const [r] = await db.ds.query(
@@ -236,13 +250,7 @@ describe('many nodes (real processes, Postgres and Redis)', function () {
   });
 
   it('fences a settler stopped past its lease: another takes over, and once resumed it bills nothing and lets go', async () => {
-    const all = await start(3);
-    const { chatId } = await given(all[0]!);
-    const settler = await settlerOf(chatId);
-    const [x, y] = all.filter((n) => n !== settler);
-    const user = await tab(x!, chatId);
-    expect((await y!.api('POST', `/v1/chats/${chatId}/start`)).status).to.equal(200);
-    await waitFor(user, 'meter', (m) => m.durationSeconds >= 2, 6000);
+    const { chatId, settler, x, user } = await runningAwayFromItsSettler(await start(3));
     settler.kill('SIGSTOP');
     try {
       // well past the 900 ms lease: the others take its shards over and go on
@@ -294,13 +302,7 @@ describe('many nodes (real processes, Postgres and Redis)', function () {
 
   it('drains on SIGTERM: exits 0, hands its leases over at once, and nothing is lost', async () => {
     // a lease far longer than the handover may take: a meter soon after the exit proves it was handed over, not expired
-    const all = await start(3, { CLUSTER_LEASE_MS: '10000' });
-    const { chatId } = await given(all[0]!);
-    const settler = await settlerOf(chatId);
-    const [x, y] = all.filter((n) => n !== settler);
-    const user = await tab(x!, chatId);
-    expect((await y!.api('POST', `/v1/chats/${chatId}/start`)).status).to.equal(200);
-    await waitFor(user, 'meter', (m) => m.durationSeconds >= 2, 6000);
+    const { chatId, settler, x, y, user } = await runningAwayFromItsSettler(await start(3, { CLUSTER_LEASE_MS: '10000' }));
     expect((await settler.api('GET', '/readyz')).status).to.equal(200);
     const asked = Date.now();
     settler.kill('SIGTERM');

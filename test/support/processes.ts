@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { FAST_ENV, type ClientSocket, connectWith, eventually } from './server.js';
+import { FAST_ENV, type ClientSocket, callApi, connectWith, eventually } from './server.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -63,21 +63,7 @@ export async function spawnNode(env: Record<string, string>): Promise<NodeProces
   });
   const port = listening.port as number;
   const url = `http://127.0.0.1:${port}`;
-  const api: NodeProcess['api'] = async (method, path, body) => {
-    const res = await fetch(url + path, {
-      method,
-      headers: { authorization: `Bearer ${FAST_ENV.CHATMETER_API_KEY}`, 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    let parsed: unknown = text;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      // not JSON
-    }
-    return { status: res.status, body: parsed };
-  };
+  const api: NodeProcess['api'] = (method, path, body) => callApi(url, FAST_ENV.CHATMETER_API_KEY, method, path, body);
   return {
     child,
     nodeId: listening.node as string,

@@ -63,21 +63,7 @@ export async function startNode(db: TestDb, env: Record<string, string> = {}, de
   const url = `http://127.0.0.1:${port}`;
   const sockets: ClientSocket[] = [];
 
-  const api: TestNode['api'] = async (method, path, body, headers = {}) => {
-    const res = await fetch(url + path, {
-      method,
-      headers: { authorization: `Bearer ${config.apiKey}`, 'content-type': 'application/json', ...headers },
-      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-    });
-    const text = await res.text();
-    let parsed: unknown = text;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      // not JSON: keep the text
-    }
-    return { status: res.status, body: parsed };
-  };
+  const api: TestNode['api'] = (method, path, body, headers = {}) => callApi(url, config.apiKey, method, path, body, headers);
 
   const token = async (sub: string, role: 'user' | 'advisor') => {
     const res = await api('POST', '/v1/tokens', { sub, role });
@@ -101,6 +87,30 @@ export async function startNode(db: TestDb, env: Record<string, string> = {}, de
       await app.close();
     },
   };
+}
+
+/** Calls a node's HTTP API with the API key; the body comes back parsed when it is JSON. */
+export async function callApi(
+  url: string,
+  apiKey: string,
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: any }> {
+  const res = await fetch(url + path, {
+    method,
+    headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: res.status, body: parsed };
 }
 
 /** Connects with the given auth; resolves when connected, rejects with the connect_error. */
