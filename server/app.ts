@@ -118,6 +118,8 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   const cluster: Cluster = redis
     ? new PostgresCluster(ds, { nodeId, leaseMs: config.clusterLeaseMs, log, metrics })
     : new LocalCluster(nodeId);
+  // taken for dead while it stalled, this node's sockets were ended in Redis: put them back
+  if (cluster instanceof PostgresCluster && mirrored) cluster.onRejoined(() => void mirrored.resync(() => clock.now()));
 
   let ready = false;
   let closing = false;

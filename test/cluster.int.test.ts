@@ -220,16 +220,17 @@ describe('many nodes (real processes, Postgres and Redis)', function () {
     a!.kill('SIGKILL');
     await a!.exited;
     await waitFor(advisor, 'meter', (m) => m.state === 'away', 8000);
-    expect(Date.now() - killedAt, 'away within a lease, a renewal and a tick').to.be.below(3000);
+    // a node is taken for dead after three leases unseen (2.7 s here), well before the 10 s window
+    expect(Date.now() - killedAt, 'away within three leases, a renewal and a tick').to.be.below(5000);
     const [r] = await db.ds.query(
       `SELECT r.duration, extract(epoch FROM c.started_at)::float8 * 1000 AS started FROM conversation_time_records r JOIN chats c ON c.id = r.chat_id WHERE r.chat_id = $1`,
       [chatId],
     );
     const aliveSeconds = (killedAt - r.started) / 1000;
-    // its settler may have billed on until the node was found gone: a lease (900 ms) and a renewal after its death
+    // its settler may have billed on until the node was found gone: three leases (2.7 s) and a renewal after its death
     expect(r.duration, `billed ${r.duration} s; the node died ${aliveSeconds.toFixed(2)} s after the start`).to.be.within(
       Math.floor(aliveSeconds) - 1,
-      Math.floor(aliveSeconds + 1.2),
+      Math.floor(aliveSeconds + 3.1),
     );
     await endAndCheck(b!, chatId, 99);
   });

@@ -38,6 +38,8 @@ export class PostgresCluster implements Cluster {
   private readonly held = new Map<number, string>();
   private readonly listeners: Array<(shards: number[]) => void> = [];
   private readonly departures: Array<(nodeId: string, lastSeen: number) => void> = [];
+  private readonly rejoins: Array<() => void> = [];
+  private joined = false;
   private nodes: string[] = [];
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
@@ -99,6 +101,11 @@ export class PostgresCluster implements Cluster {
     this.departures.push(fn);
   }
 
+  /** Calls `fn` when another node had taken this one for dead (its presence was ended) and it is back. */
+  onRejoined(fn: () => void): void {
+    this.rejoins.push(fn);
+  }
+
   status(): ClusterStatus {
     return { shards: this.held.size, nodes: this.nodes.length };
   }
@@ -144,19 +151,27 @@ export class PostgresCluster implements Cluster {
   private async reconcileOnce(): Promise<void> {
     if (!this.member) return;
     const { nodeId } = this;
-    await this.ds.query(
+    const [{ inserted }]: Array<{ inserted: boolean }> = await this.ds.query(
       `INSERT INTO cluster_nodes (node_id) VALUES ($1)
-       ON CONFLICT (node_id) DO UPDATE SET seen_at = clock_timestamp()`,
+       ON CONFLICT (node_id) DO UPDATE SET seen_at = clock_timestamp()
+       RETURNING (xmax = 0) AS inserted`,
       [nodeId],
     );
+    if (inserted && this.joined) {
+      // another node took this one for dead (it stalled) and ended its sockets' presence: say so, to put it back
+      this.opts.log.warn({}, 'this node was taken for dead by another and rejoins the cluster');
+      this.emit(this.rejoins);
+    }
+    this.joined = true;
     const live: Array<{ node_id: string }> = await this.ds.query(
       `SELECT node_id FROM cluster_nodes WHERE seen_at > clock_timestamp() - $1::interval ORDER BY node_id`,
       [this.interval],
     );
-    // a node unseen for a lease died without leaving (or paused as long): whoever deletes its row
-    // (one node) tells the app, which ends that node's presence
+    // a node unseen for three leases died without leaving (or stalled as long): whoever deletes its
+    // row (one node) tells the app, which ends that node's presence. Its leases went after one lease;
+    // this waits longer so a node merely slowed by load keeps its sockets' presence
     const gone: Array<{ node_id: string; seen_ms: number }> = await this.returning(
-      `DELETE FROM cluster_nodes WHERE seen_at <= clock_timestamp() - $1::interval
+      `DELETE FROM cluster_nodes WHERE seen_at <= clock_timestamp() - 3 * $1::interval
     RETURNING node_id, (extract(epoch FROM seen_at) * 1000)::float8 AS seen_ms`,
       [this.interval],
     );
@@ -199,11 +214,18 @@ export class PostgresCluster implements Cluster {
     }
 
     const want = mine.filter((s) => !this.held.has(s));
+    // FOR UPDATE first: a takeover waits for the settlements in flight under the old lease (their
+    // fence holds the rows FOR KEY SHARE), and the epoch it bumps refuses the later ones
     const acquired: Array<{ shard: number; epoch: string }> = await this.returning(
-      `UPDATE settlement_shards SET owner = $1, epoch = epoch + 1, expires_at = clock_timestamp() + $3::interval
-        WHERE (shard = ANY($2::int[]) AND (owner IS NULL OR expires_at <= clock_timestamp()))
-           OR expires_at <= clock_timestamp() - $3::interval
-    RETURNING shard, epoch`,
+      `UPDATE settlement_shards s SET owner = $1, epoch = s.epoch + 1, expires_at = clock_timestamp() + $3::interval
+        WHERE s.shard IN (
+          SELECT shard FROM settlement_shards
+           WHERE (shard = ANY($2::int[]) AND (owner IS NULL OR expires_at <= clock_timestamp()))
+              OR expires_at <= clock_timestamp() - $3::interval
+           ORDER BY shard FOR UPDATE)
+          AND ((s.shard = ANY($2::int[]) AND (s.owner IS NULL OR s.expires_at <= clock_timestamp()))
+              OR s.expires_at <= clock_timestamp() - $3::interval)
+    RETURNING s.shard, s.epoch`,
       [nodeId, want, this.interval],
     );
     if (!this.member) {

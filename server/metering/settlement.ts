@@ -246,9 +246,10 @@ export class SettlementService {
   }
 
   /**
-   * The fence: share-locks the shard rows this node still leases at the epochs it
-   * holds (so a takeover waits for this transaction), and refuses every item of
-   * any other shard. Checked against the database's clock, whatever this node's says.
+   * The fence: key-share-locks the shard rows this node still leases at the epochs it
+   * holds, and refuses every item of any other shard. A takeover locks the rows FOR
+   * UPDATE first, so it waits for this transaction; the holder's own renewals (plain
+   * updates) don't. Checked against the database's clock, whatever this node's says.
    */
   private async checkFence(em: EntityManager, items: SettleItem[], fence: Fence): Promise<SettleOutcome[]> {
     const shards = [...new Set(items.map((i) => shardOf(i.chatId)))].filter((s) => fence.epochs.has(s)).sort((a, b) => a - b);
@@ -257,7 +258,7 @@ export class SettlementService {
           `SELECT shard FROM settlement_shards
             WHERE owner = $1 AND expires_at > clock_timestamp()
               AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
-            ORDER BY shard FOR SHARE`,
+            ORDER BY shard FOR KEY SHARE`,
           [fence.owner, shards, shards.map((s) => fence.epochs.get(s))],
         )
       : [];
