@@ -119,11 +119,11 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     ? new PostgresCluster(ds, { nodeId, leaseMs: config.clusterLeaseMs, log, metrics })
     : new LocalCluster(nodeId);
   // taken for dead while it stalled, this node's sockets were ended in Redis: put them back
-  if (cluster instanceof PostgresCluster && mirrored) cluster.onRejoined(() => void mirrored.resync(() => clock.now()));
+  if (mirrored) cluster.onRejoined(() => void mirrored.resync(() => clock.now()));
 
   let ready = false;
   let closing = false;
-  let singleNode: { release(): Promise<void> } | null = null;
+  let nodeLock: { release(): Promise<void> } | null = null;
   const app = express();
   app.disable('x-powered-by');
   // plain-http deployments (and ws://) must keep working: no upgrade-insecure-requests
@@ -259,16 +259,14 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     async listen(port) {
       // without Redis, nodes can't share presence: one node per database; with it, any number,
       // but never beside a node without it (or of a version before clusters)
-      {
-        singleNode = await claimNodeLock(ds, Boolean(config.databaseUrl), redis ? 'shared' : 'exclusive', nodeId, () => {
-          // another node runs on this database now: this one stops metering and says so
-          ready = false;
-          log.fatal({}, 'lost the node lock to another node; metering stopped here');
-          metrics.backgroundErrors.inc({ where: 'single_node_lock' });
-          ticker.stop().catch(() => undefined);
-          deps.onLostSingleNode?.();
-        });
-      }
+      nodeLock = await claimNodeLock(ds, Boolean(config.databaseUrl), redis ? 'shared' : 'exclusive', nodeId, () => {
+        // another kind of node runs on this database now: this one stops metering and says so
+        ready = false;
+        log.fatal({}, 'lost the node lock to another node; metering stopped here');
+        metrics.backgroundErrors.inc({ where: 'single_node_lock' });
+        ticker.stop().catch(() => undefined);
+        deps.onLostSingleNode?.();
+      });
       await cluster.start();
       await ticker.start();
       await new Promise<void>((resolve, reject) => {
@@ -313,7 +311,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
         const closed = await withTimeout(Promise.allSettled([redis.pub.close(), redis.sub.close()]), 2000);
         if (!closed) for (const c of [redis.pub, redis.sub]) if (c.isOpen) c.destroy();
       }
-      await singleNode?.release();
+      await nodeLock?.release();
       if (ownsDs && ds.isInitialized) await ds.destroy();
       log.info('shut down');
       if (opts.exit) process.exit(0);

@@ -53,6 +53,8 @@ export interface Cluster {
    * is told of each), with the last instant it was seen alive (the database's clock, epoch ms).
    */
   onDeparted(fn: (nodeId: string, lastSeen: number) => void): void;
+  /** Calls `fn` when another node had taken this one for dead (ending its presence) and it is back. */
+  onRejoined(fn: () => void): void;
   status(): ClusterStatus;
 }
 
@@ -88,6 +90,10 @@ export class LocalCluster implements Cluster {
 
   onDeparted(): void {
     // no other node to outlive
+  }
+
+  onRejoined(): void {
+    // no other node to take this one for dead
   }
 
   status(): ClusterStatus {

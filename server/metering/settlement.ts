@@ -137,8 +137,10 @@ export class SettlementService {
     const lock = skipLocked ? 'FOR UPDATE SKIP LOCKED' : 'FOR UPDATE';
     const chatIds = [...new Set(items.map((i) => i.chatId))].sort();
     // user and advisor of a chat never change: read them without a lock to know what to lock
-    const owners: Array<{ id: string; user_id: string; advisor_id: string }> = await em.query(
-      `SELECT id, user_id, advisor_id FROM chats WHERE id = ANY($1::text[])`,
+    const owners: Array<{ id: string; user_id: string; advisor_id: string; has_record: boolean }> = await em.query(
+      `SELECT c.id, c.user_id, c.advisor_id, r.id IS NOT NULL AS has_record
+         FROM chats c LEFT JOIN conversation_time_records r ON r.chat_id = c.id
+        WHERE c.id = ANY($1::text[])`,
       [chatIds],
     );
     const userIds = [...new Set(owners.map((o) => o.user_id))].sort();
@@ -169,15 +171,13 @@ export class SettlementService {
       const lockedUsers = new Set(users.map((u) => u.id));
       const lockedPairs = new Set(allowanceRows.map((a) => pairKey(a.user_id, a.advisor_id)));
       const lockedChats = new Set(chatRows.map((c) => c.id));
-      // a chat without a record yet has none to lock; one that has it must have it locked
-      const recordOf = new Set(recordRows.map((r) => r.chat_id));
-      const hasRecord: Array<{ chat_id: string }> = recordRows.length === owners.length ? [] : await em.query(
-        `SELECT chat_id FROM conversation_time_records WHERE chat_id = ANY($1::text[])`,
-        [owners.map((o) => o.id).filter((id) => !recordOf.has(id))],
-      );
-      const unlockedRecord = new Set(hasRecord.map((r) => r.chat_id));
+      const lockedRecords = new Set(recordRows.map((r) => r.chat_id));
       for (const o of owners) {
-        const whole = lockedUsers.has(o.user_id) && lockedPairs.has(pairKey(o.user_id, o.advisor_id)) && lockedChats.has(o.id) && !unlockedRecord.has(o.id);
+        // a chat without a record yet has neither record nor (maybe) allowance to lock
+        const whole =
+          lockedUsers.has(o.user_id) &&
+          lockedChats.has(o.id) &&
+          (!o.has_record || (lockedPairs.has(pairKey(o.user_id, o.advisor_id)) && lockedRecords.has(o.id)));
         if (!whole) busy.add(o.id);
       }
     }

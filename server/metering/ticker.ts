@@ -204,9 +204,10 @@ export class Ticker {
       now,
       { observedSince: this.startedAt, fence, skipLocked },
     );
-    this.absorb(outcomes, now);
-    const woken = items.filter((i) => i.command || i.refresh).map((i) => i.chatId);
-    if (woken.length) this.d.onTracked?.(woken);
+    const tracked = this.absorb(outcomes, now);
+    // the node that settles these chats on the clock hears of new and changed ones, in one message
+    for (const i of items) if (i.command || i.refresh) tracked.add(i.chatId);
+    if (tracked.size) this.d.onTracked?.([...tracked]);
     return outcomes;
   }
 
@@ -250,9 +251,10 @@ export class Ticker {
     await this.settleDue([...this.chats.keys()], true);
   }
 
-  private absorb(outcomes: SettleOutcome[], now: number): void {
+  /** Tracks, untracks and idles chats by their outcomes, and publishes them; returns the newly tracked. */
+  private absorb(outcomes: SettleOutcome[], now: number): Set<string> {
     const fenced: number[] = [];
-    const tracked: string[] = [];
+    const tracked = new Set<string>();
     let busy = 0;
     for (const o of outcomes) {
       if (!o.ok) {
@@ -267,7 +269,7 @@ export class Ticker {
       }
       if (o.meter.state !== 'pending' && !this.chats.has(o.chatId)) {
         this.track(o.chatId);
-        tracked.push(o.chatId);
+        tracked.add(o.chatId);
       }
       if ((o.meter.state === 'away' || o.meter.state === 'paused') && o.wakeAt !== null) {
         this.idle.set(o.chatId, { state: o.meter.state, wakeAt: o.wakeAt, settledAt: now });
@@ -278,8 +280,8 @@ export class Ticker {
       this.d.metrics.fenced?.(fenced.length);
       this.cluster.lost([...new Set(fenced)]);
     }
-    if (tracked.length) this.d.onTracked?.(tracked);
     this.d.publish(outcomes);
+    return tracked;
   }
 
   /**
