@@ -36,11 +36,34 @@ async function main(): Promise<void> {
     queries++;
     return realQuery(...a);
   };
+  // time each statement of a settlement by what it does (its first words), to see where a batch goes
+  const statementMs = new Map<string, number[]>();
+  let timing = false;
+  const createRunner = ds.createQueryRunner.bind(ds);
+  ds.createQueryRunner = (...a: Parameters<typeof createRunner>) => {
+    const runner = createRunner(...a);
+    const query = runner.query.bind(runner);
+    runner.query = (async (sql: string, ...rest: unknown[]) => {
+      const start = performance.now();
+      try {
+        return await (query as (sql: string, ...r: unknown[]) => Promise<unknown>)(sql, ...rest);
+      } finally {
+        if (timing) {
+          const key = sql.replace(/\s+/g, ' ').trim().slice(0, 48);
+          const xs = statementMs.get(key) ?? [];
+          xs.push(performance.now() - start);
+          statementMs.set(key, xs);
+        }
+      }
+    }) as typeof runner.query;
+    return runner;
+  };
 
   const setupStart = performance.now();
   const users = Math.ceil(CHATS / 2);
   await ds.query(`INSERT INTO users (id, balance) SELECT 'u' || g, 1000000 FROM generate_series(1, $1) g`, [users]);
-  await ds.query(`INSERT INTO advisors (id, rate_per_minute, free_seconds) SELECT 'a' || g, 3, 30 FROM generate_series(1, 50) g`);
+  // half the advisors give no free time, so half the chats charge credits (balances, ledger) from the first tick
+  await ds.query(`INSERT INTO advisors (id, rate_per_minute, free_seconds) SELECT 'a' || g, 3, CASE WHEN g % 2 = 0 THEN 0 ELSE 30 END FROM generate_series(1, 50) g`);
   // two chats per user, with two different advisors
   await ds.query(
     `INSERT INTO chats (id, user_id, advisor_id, status, started_at)
@@ -63,6 +86,7 @@ async function main(): Promise<void> {
   const tickMs: number[] = [];
   let settled = 0;
   let batchQueries = 0;
+  timing = true;
   for (let tick = 1; tick <= TICKS; tick++) {
     const now = t0 + tick * 1000;
     const tickStart = performance.now();
@@ -72,6 +96,7 @@ async function main(): Promise<void> {
       const out = await engine.settleBatch(
         bucket.map((chatId) => ({ chatId, presence: { since: t0, until: now + 10_000, lastHeartbeatAt: now } })),
         now,
+        { skipLocked: true },
       );
       batchQueries = Math.max(batchQueries, queries - q0);
       settled += out.filter((o) => o.ok).length;
@@ -93,6 +118,9 @@ async function main(): Promise<void> {
         roundTripsPerBatch: batchQueries + 2,
         batchMs: { p50: +pct(batchMs, 50).toFixed(1), p95: +pct(batchMs, 95).toFixed(1), max: +Math.max(...batchMs).toFixed(1) },
         tickMs: { p50: +pct(tickMs, 50).toFixed(1), max: +Math.max(...tickMs).toFixed(1) },
+        statementMsPerBatch: Object.fromEntries(
+          [...statementMs].map(([sql, xs]) => [sql, +(xs.reduce((a, b) => a + b, 0) / batchMs.length).toFixed(2)]),
+        ),
         settlementsPerSecond: Math.round(settled / (tickMs.reduce((a, b) => a + b, 0) / 1000)),
         secondsBilled: billed,
         secondsExpected: CHATS * TICKS,

@@ -155,6 +155,16 @@ export class Accounts {
     return rows.map((r) => r.id);
   }
 
+  /** The chat and whether its time record exists yet, in one read, or NotFoundError. */
+  async getChatTracking(id: string): Promise<{ chat: ChatView; tracked: boolean }> {
+    const rows: Array<ChatRow & { tracked: boolean }> = await this.ds.query(
+      `SELECT c.*, EXISTS (SELECT 1 FROM conversation_time_records r WHERE r.chat_id = c.id) AS tracked FROM chats c WHERE c.id = $1`,
+      [id],
+    );
+    if (!rows[0]) throw new NotFoundError(`chat ${id} does not exist`);
+    return { chat: toChatView(rows[0]), tracked: rows[0].tracked };
+  }
+
   /** The chat, or NotFoundError. */
   async getChat(id: string): Promise<ChatView> {
     const rows: ChatRow[] = await this.ds.query(`SELECT * FROM chats WHERE id = $1`, [id]);

@@ -305,6 +305,8 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       await withTimeout(new Promise<void>((resolve) => io.close(() => resolve())), 2000);
       http.closeAllConnections();
       await stopped;
+      // settlements a request started after the ticker stopped (a top-up's refresh) finish before the pool closes
+      await withTimeout(ticker.settled(), 5000);
       if (redis) {
         // a deliberate close, not an outage
         for (const c of [redis.pub, redis.sub]) c.removeAllListeners('end').removeAllListeners('reconnecting');

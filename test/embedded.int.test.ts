@@ -21,7 +21,7 @@ describe('embedded database (PGlite), whatever DATABASE_URL says', () => {
   it('applies the migrations, meters a chat and stays sound', async () => {
     expect(db).to.include({ embedded: true, url: null });
     const ran = await db.ds.runMigrations({ transaction: 'each' });
-    expect(ran.map((m) => m.name)).to.deep.equal(['Initial1764300000000', 'Cluster1764400000000']);
+    expect(ran.map((m) => m.name)).to.deep.equal(['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000']);
 
     const s = services(db.ds);
     await s.accounts.putUser('u1', { balance: '10' });

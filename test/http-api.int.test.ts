@@ -447,6 +447,29 @@ describe('HTTP API (real server, fetch on loopback)', () => {
       await api('PUT', '/v1/advisors/a2', { ratePerMinute: '6', freeSeconds: 0 });
     });
 
+    it('settles concurrent commands in shared transactions, each answered alone', async () => {
+      for (let i = 0; i < 20; i++) expect((await api('POST', '/v1/chats', { id: `b${i}`, userId: 'u1', advisorId: 'a1' })).status).to.equal(201);
+      const engine = node.app.services.engine;
+      const settleBatch = engine.settleBatch.bind(engine);
+      let transactions = 0;
+      engine.settleBatch = (...args) => {
+        transactions++;
+        return settleBatch(...args);
+      };
+      // 20 starts and a pause of a pending chat (refused alone) at once
+      await api('POST', '/v1/chats', { id: 'p1', userId: 'u2', advisorId: 'a1' });
+      const [pause, ...started] = await Promise.all([
+        api('POST', '/v1/chats/p1/pause'),
+        ...Array.from({ length: 20 }, (_, i) => api('POST', `/v1/chats/b${i}/start`)),
+      ]);
+      expectError(pause!, 409, 'conflict', 'pause of a pending chat');
+      for (const r of started) expect(r.status, JSON.stringify(r.body)).to.equal(200);
+      expect(started.map((r) => [r.body.chat.status, r.body.meter.state])).to.deep.equal(Array(20).fill(['active', 'away']));
+      // what the answers said is what was stored
+      for (const [i, r] of started.entries()) expect((await api('GET', `/v1/chats/b${i}`)).body.chat, `b${i}`).to.deep.equal(r.body.chat);
+      expect(transactions, 'commands share transactions').to.be.below(21);
+    });
+
     it('creates a pending chat with 201; the same body again is a 200 no-op; another pair for the id is a 409', async () => {
       const created = await api('POST', '/v1/chats', { id: 'c1', userId: 'u1', advisorId: 'a1' });
       expect(created.status).to.equal(201);

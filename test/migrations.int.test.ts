@@ -4,7 +4,7 @@ import { freshDatabase, type TestDb } from './support/db.js';
 
 const TABLES = ['users', 'advisors', 'chats', 'free_time_allowances', 'conversation_time_records', 'ledger_entries'];
 const CLUSTER_TABLES = ['cluster_settings', 'cluster_nodes', 'settlement_shards'];
-const ALL = ['Initial1764300000000', 'Cluster1764400000000'];
+const ALL = ['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000'];
 const INDEXES = ['chats_open_idx', 'chats_user_advisor_idx', 'conversation_time_records_pair_idx', 'ledger_entries_user_idx', 'ledger_entries_chat_idx'];
 
 describe('migrations (hand-written SQL, with a real down)', () => {
@@ -43,6 +43,14 @@ describe('migrations (hand-written SQL, with a real down)', () => {
     expect(id).to.match(/^[0-9a-f]{32}$/);
     const [{ n, free }] = await db.ds.query(`SELECT count(*)::int AS n, count(*) FILTER (WHERE owner IS NULL)::int AS free FROM settlement_shards`);
     expect({ n, free }).to.deep.equal({ n: 64, free: 64 });
+
+    // the settlement tables keep room on their pages for HOT updates, and lose it going down
+    const fillfactor = async (table: string) =>
+      (await db.ds.query(`SELECT reloptions FROM pg_class WHERE relname = $1`, [table]))[0].reloptions as string[] | null;
+    expect(await fillfactor('conversation_time_records')).to.deep.equal(['fillfactor=50']);
+    await db.ds.undoLastMigration({ transaction: 'each' });
+    expect(await fillfactor('conversation_time_records')).to.equal(null);
+    expect(await applied()).to.deep.equal(['Initial1764300000000', 'Cluster1764400000000']);
 
     await db.ds.undoLastMigration({ transaction: 'each' });
     expect(await existing(CLUSTER_TABLES)).to.deep.equal([]);
@@ -190,7 +198,7 @@ describe('migrations when a cluster starts at once (real Postgres)', () => {
       const nodes = await Promise.all([0, 1, 2].map(() => startNode(db)));
       try {
         const names: Array<{ name: string }> = await db.ds.query(`SELECT name FROM migrations ORDER BY id`);
-        expect(names.map((n) => n.name)).to.deep.equal(['Initial1764300000000', 'Cluster1764400000000']);
+        expect(names.map((n) => n.name)).to.deep.equal(['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000']);
         for (const n of nodes) expect((await n.api('GET', '/readyz')).status).to.equal(200);
       } finally {
         for (const n of nodes) await n.close();

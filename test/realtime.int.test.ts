@@ -249,16 +249,25 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
     it('leaves no presence behind when a tab disconnects in the middle of its join', async () => {
       const g = await given({ free: 0, balance: '100' });
       await node.api('POST', `/v1/chats/${g.chatId}/start`);
-      const engine = node.app.services.engine;
-      const initialize = engine.initializeTimeTrackingForChat.bind(engine);
-      engine.initializeTimeTrackingForChat = async (...args) => {
-        await new Promise((res) => setTimeout(res, 300));
-        return initialize(...args);
+      // the join's first read waits until the tab has disconnected
+      const accounts = node.app.services.accounts;
+      const read = accounts.getChatTracking.bind(accounts);
+      let entered!: () => void;
+      const joining = new Promise<void>((res) => (entered = res));
+      let disconnected!: () => void;
+      const gone = new Promise<void>((res) => (disconnected = res));
+      accounts.getChatTracking = async (...args) => {
+        entered();
+        await gone;
+        return read(...args);
       };
       const tab = await node.connect(g.userId, 'user');
       tab.emit('chat:join', { chatId: g.chatId });
-      await new Promise((res) => setTimeout(res, 50));
+      await joining;
+      const socketId = tab.id!;
       tab.disconnect();
+      await eventually(async () => !node.app.io.sockets.sockets.has(socketId), 3000);
+      disconnected();
       // the delayed join finishes by refusing itself (counted as a conflict), leaving nobody present
       const conflicts = async () =>
         (await node.app.metrics.rejectedEvents.get()).values.find((v) => v.labels.code === 'conflict')?.value ?? 0;
@@ -268,6 +277,21 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
       const meter = (await node.api('GET', `/v1/chats/${g.chatId}/meter`)).body;
       expect(meter.state).to.equal('away');
       expect(meter.durationSeconds).to.equal(0);
+    });
+
+    it('forgets the presence of a pending chat once every tab has left, and meters it from a new join', async () => {
+      const g = await given({ free: 0, balance: '100' });
+      const presence = node.app.services.presence;
+      const tab = await node.connect(g.userId, 'user');
+      expect((await call(tab, 'chat:join', { chatId: g.chatId })).ok).to.equal(true);
+      expect(await presence.span(g.chatId, Date.now())).to.not.equal(null);
+      expect((await call(tab, 'chat:leave', { chatId: g.chatId })).ok).to.equal(true);
+      await eventually(async () => (await presence.span(g.chatId, Date.now())) === null, 3000);
+      // joined again and started: it runs as if never left
+      expect((await call(tab, 'chat:join', { chatId: g.chatId })).ok).to.equal(true);
+      const advisor = await node.connect(g.advisorId, 'advisor');
+      const started = await call(advisor, 'chat:start', { chatId: g.chatId });
+      expect(started.ok && started.meter.state, JSON.stringify(started)).to.equal('running');
     });
 
     it('leaving the chat stops the meter at once', async () => {

@@ -166,6 +166,33 @@ describe('ticker (fake clock)', () => {
     await stop();
   });
 
+  it('settles commands asked for at once in one batch, one per chat a batch, in the order asked', async () => {
+    const { clock, ticker, calls, stop } = build({ chats: [], workMs: 20 });
+    await ticker.start();
+    const asked = [
+      ticker.settleCommand('a', { kind: 'start' }),
+      ticker.settleCommand('b', { kind: 'start' }),
+      ticker.settleCommand('a', { kind: 'end', reason: 'ended_by_platform' }),
+      ticker.settleCommand('c', { kind: 'pause' }),
+    ];
+    await clock.tickAsync(100);
+    expect((await Promise.all(asked)).map((o) => o?.chatId)).to.deep.equal(['a', 'b', 'a', 'c']);
+    // a's second command waits for the batch after its first
+    expect(calls.map((c) => c.ids)).to.deep.equal([['a', 'b', 'c'], ['a']]);
+    await stop();
+  });
+
+  it('answers each command alone when the database refuses another in its batch', async () => {
+    const { clock, ticker, stop } = build({ chats: [] });
+    await ticker.start();
+    const results = ['a', 'poison', 'b'].map((id) =>
+      ticker.settleCommand(id, { kind: 'start' }).then((o) => o?.chatId, (e: Error) => `refused: ${e.message}`),
+    );
+    await clock.tickAsync(10);
+    expect(await Promise.all(results)).to.deep.equal(['a', 'refused: check violation', 'b']);
+    await stop();
+  });
+
   it('waits on stop() for presence settlements in flight and queued, and settles at once after', async () => {
     const { clock, ticker, calls } = build({ chats: [], workMs: 50 });
     await ticker.start();

@@ -4,7 +4,7 @@
  * and says what to write (one list per table) and what each chat's outcome is.
  * No database, no clock: the settlement service reads, calls this, and writes.
  */
-import type { EndReason, MeterSnapshot } from '../../client-sdk/src/protocol.js';
+import type { ChatView, EndReason, MeterSnapshot } from '../../client-sdk/src/protocol.js';
 import type { Fence } from '../cluster/cluster.js';
 import { ConflictError, DomainError, NotFoundError } from '../errors.js';
 import { formatAmount, parseAmount } from '../money.js';
@@ -48,6 +48,8 @@ export type SettleOutcome =
        * happens (its abandonment deadline); null otherwise.
        */
       wakeAt: number | null;
+      /** The chat's state as this settlement left it (its other fields never change). */
+      chat: Pick<ChatView, 'status' | 'startedAt' | 'endedAt' | 'endReason'>;
     }
   | { chatId: string; ok: false; error: DomainError };
 
@@ -289,6 +291,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       lowBalance: w.lowBalance,
       charge: w.charge,
       wakeAt: w.meter.meterState === 'away' || w.meter.meterState === 'paused' ? abandonDeadline(w.meter, opts.observedSince ?? -Infinity, policy) : null,
+      chat: { status: w.meter.status, startedAt: iso(w.meter.startedAt), endedAt: iso(w.meter.endedAt), endReason: w.meter.endReason },
     });
   }
 

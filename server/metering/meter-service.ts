@@ -35,13 +35,34 @@ export class MeterService {
    * the chat up to now, publishes the change and returns the chat and its meter.
    * @throws NotFoundError, ConflictError
    */
-  async command(chatId: string, cmd: Command): Promise<ChatWithMeter> {
-    const chat = await this.accounts.getChat(chatId);
-    await this.engine.initializeTimeTrackingForChat(chat.userId, chat.advisorId, chatId);
-    const [outcome] = await this.ticker.settleNow([{ chatId, command: cmd }]);
+  async command(chatId: string, cmd: Command, allowed?: (chat: ChatView) => void): Promise<ChatWithMeter> {
+    const chat = await this.open(chatId, allowed);
+    const outcome = await this.ticker.settleCommand(chatId, cmd);
     if (!outcome) throw new DomainError('internal', `no outcome for chat ${chatId}`);
     if (!outcome.ok) throw outcome.error;
-    return { chat: await this.accounts.getChat(chatId), meter: outcome.meter };
+    return { chat: { ...chat, ...outcome.chat }, meter: outcome.meter };
+  }
+
+  /**
+   * The chat, with its time record created on first use (rule 7), in one read when
+   * the record exists. `allowed` throws to refuse the caller before anything is written.
+   * @throws NotFoundError, and whatever `allowed` throws
+   */
+  async open(chatId: string, allowed?: (chat: ChatView) => void): Promise<ChatView> {
+    const { chat, tracked } = await this.accounts.getChatTracking(chatId);
+    allowed?.(chat);
+    if (!tracked) await this.engine.createRecord(chat.userId, chat.advisorId, chatId);
+    return chat;
+  }
+
+  /**
+   * The chat as it stands after `meter` was taken: `chat` when the meter agrees with
+   * its status (no read), else read again (the chat started or ended meanwhile).
+   */
+  async current(chat: ChatView, meter: MeterSnapshot | null): Promise<ChatView> {
+    if (!meter) return chat;
+    const status = meter.state === 'pending' ? 'pending' : meter.state === 'ended' ? 'ended' : 'active';
+    return status === chat.status ? chat : this.accounts.getChat(chat.id);
   }
 
   /**

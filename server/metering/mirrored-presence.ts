@@ -125,4 +125,9 @@ export class MirroredPresence implements PresenceStore {
     this.local.forget(chatId);
     if (!this.degraded) this.shared.forget(chatId);
   }
+
+  async release(chatId: string): Promise<void> {
+    await this.local.release(chatId);
+    if (!this.degraded) await this.shared.release(chatId);
+  }
 }

@@ -19,6 +19,11 @@ export interface PresenceStore {
   spans(chatIds: string[], now: number): Promise<Map<string, PresenceSpan | null>>;
   /** Drops everything known of an ended chat. */
   forget(chatId: string): void;
+  /**
+   * Drops a chat's presence once no socket of it is joined: a pending chat everyone
+   * left has nothing to bill, and would otherwise be remembered until it ends.
+   */
+  release(chatId: string): Promise<void>;
 }
 
 /** How long a heartbeat keeps a socket present: interval plus grace. */
@@ -103,6 +108,10 @@ export class LocalPresence implements PresenceStore {
 
   forget(chatId: string): void {
     this.chats.delete(chatId);
+  }
+
+  async release(chatId: string): Promise<void> {
+    if (this.chats.get(chatId)?.sockets.size === 0) this.chats.delete(chatId);
   }
 
   /** True while a socket of this store keeps the user present in the chat at `now`. */

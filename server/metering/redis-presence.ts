@@ -80,6 +80,14 @@ return 0
 `;
 
 /** Presence in Redis, shared by every node. */
+// KEYS[1] chat hash: deleted when no socket field is left in it
+const RELEASE = `
+for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(k, 1, 2) == 's:' then return 0 end
+end
+return redis.call('DEL', KEYS[1])
+`;
+
 export class RedisPresence implements PresenceStore {
   private readonly ttl: number;
 
@@ -165,6 +173,10 @@ export class RedisPresence implements PresenceStore {
   forget(chatId: string): void {
     // best effort: the key expires anyway
     this.redis.del(this.key(chatId)).catch(() => undefined);
+  }
+
+  async release(chatId: string): Promise<void> {
+    await this.redis.eval(RELEASE, { keys: [this.key(chatId)], arguments: [] });
   }
 
   private toSpan(h: Record<string, string>): PresenceSpan | null {

@@ -74,7 +74,14 @@ export class SettlementService {
     }
     const existing: RecordRow[] = await this.ds.query(`SELECT * FROM conversation_time_records WHERE chat_id = $1`, [chatId]);
     if (existing[0]) return existing[0];
+    return this.createRecord(userId, advisorId, chatId);
+  }
 
+  /**
+   * Creates the chat's time record (and the pair's allowance), for a caller that has
+   * just read the chat and found it without one; a concurrent creator's row wins.
+   */
+  async createRecord(userId: string, advisorId: string, chatId: string): Promise<RecordRow> {
     await this.ds.query(
       `INSERT INTO free_time_allowances (user_id, advisor_id, allocation_seconds)
        SELECT $1, a.id, a.free_seconds FROM advisors a WHERE a.id = $2
@@ -130,119 +137,125 @@ export class SettlementService {
   /**
    * Reads every row of the batch's chats, locked in a fixed order (users, allowances,
    * chats, records, each sorted) so concurrent settlements never deadlock. With
-   * `skipLocked`, rows another transaction holds are skipped, and the chats missing
-   * any of their rows come back as busy (their locked rows are released at commit).
+   * `skipLocked`, rows another transaction holds are skipped, and their chats come
+   * back as busy.
    */
   private async readLocked(em: EntityManager, items: SettleItem[], skipLocked: boolean): Promise<{ rows: LockedRows; busy: Set<string> }> {
-    const lock = skipLocked ? 'FOR UPDATE SKIP LOCKED' : 'FOR UPDATE';
     const chatIds = [...new Set(items.map((i) => i.chatId))].sort();
+    if (skipLocked) return this.readSkippingLocked(em, chatIds);
     // user and advisor of a chat never change: read them without a lock to know what to lock
-    const owners: Array<{ id: string; user_id: string; advisor_id: string; has_record: boolean }> = await em.query(
-      `SELECT c.id, c.user_id, c.advisor_id, r.id IS NOT NULL AS has_record
-         FROM chats c LEFT JOIN conversation_time_records r ON r.chat_id = c.id
-        WHERE c.id = ANY($1::text[])`,
+    const owners: Array<{ id: string; user_id: string; advisor_id: string }> = await em.query(
+      `SELECT id, user_id, advisor_id FROM chats WHERE id = ANY($1::text[])`,
       [chatIds],
     );
     const userIds = [...new Set(owners.map((o) => o.user_id))].sort();
     const pairs = uniqueBy(owners.map((o) => [o.user_id, o.advisor_id] as const), ([u, a]) => pairKey(u, a));
 
     const users: Array<{ id: string; balance: string }> = await em.query(
-      `SELECT id, balance FROM users WHERE id = ANY($1::text[]) ORDER BY id ${lock}`,
+      `SELECT id, balance FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
       [userIds],
     );
     const allowanceRows: AllowanceRow[] = await em.query(
       `SELECT user_id, advisor_id, allocation_seconds, used_seconds FROM free_time_allowances
         WHERE (user_id, advisor_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-        ORDER BY user_id, advisor_id ${lock}`,
+        ORDER BY user_id, advisor_id FOR UPDATE`,
       [pairs.map((p) => p[0]), pairs.map((p) => p[1])],
     );
     const chatRows: ChatRow[] = await em.query(
-      `SELECT * FROM chats WHERE id = ANY($1::text[]) ORDER BY id ${lock}`,
+      `SELECT * FROM chats WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
       [chatIds],
     );
     const recordRows: RecordRow[] = await em.query(
-      `SELECT * FROM conversation_time_records WHERE chat_id = ANY($1::text[]) ORDER BY id ${lock}`,
+      `SELECT * FROM conversation_time_records WHERE chat_id = ANY($1::text[]) ORDER BY id FOR UPDATE`,
       [chatIds],
     );
 
-    const rows = { users, allowances: allowanceRows, chats: chatRows, records: recordRows };
+    return { rows: { users, allowances: allowanceRows, chats: chatRows, records: recordRows }, busy: new Set() };
+  }
+
+  /**
+   * The tick's read: every row of the batch's metered chats in one statement, each
+   * joined row locked whole or skipped whole (a transaction that never waits for a
+   * lock can't deadlock, so the join's order is safe here). A chat missing from the
+   * result is busy (some row held elsewhere, settled next tick) or has no record yet.
+   */
+  private async readSkippingLocked(em: EntityManager, chatIds: string[]): Promise<{ rows: LockedRows; busy: Set<string> }> {
+    const joined: Array<RecordRow & JoinedColumns> = await em.query(
+      `SELECT r.*, c.status AS c_status, c.paused AS c_paused, c.started_at AS c_started_at,
+              c.ended_at AS c_ended_at, c.end_reason AS c_end_reason, u.balance AS u_balance,
+              f.allocation_seconds AS f_allocation_seconds, f.used_seconds AS f_used_seconds
+         FROM conversation_time_records r
+         JOIN chats c ON c.id = r.chat_id
+         JOIN users u ON u.id = r.user_id
+         JOIN free_time_allowances f ON f.user_id = r.user_id AND f.advisor_id = r.advisor_id
+        WHERE r.chat_id = ANY($1::text[])
+          FOR UPDATE OF r, c, u, f SKIP LOCKED`,
+      [chatIds],
+    );
+    const rows: LockedRows = { users: [], allowances: [], chats: [], records: [] };
+    const users = new Map<string, string>();
+    const pairs = new Map<string, AllowanceRow>();
+    for (const j of joined) {
+      const { c_status, c_paused, c_started_at, c_ended_at, c_end_reason, u_balance, f_allocation_seconds, f_used_seconds, ...record } = j;
+      rows.records.push(record);
+      rows.chats.push({
+        id: record.chat_id,
+        user_id: record.user_id,
+        advisor_id: record.advisor_id,
+        status: c_status,
+        paused: c_paused,
+        started_at: c_started_at,
+        ended_at: c_ended_at,
+        end_reason: c_end_reason,
+      });
+      users.set(record.user_id, u_balance);
+      const pair = { user_id: record.user_id, advisor_id: record.advisor_id, allocation_seconds: f_allocation_seconds, used_seconds: f_used_seconds };
+      pairs.set(pairKey(pair.user_id, pair.advisor_id), pair);
+    }
+    rows.users = [...users].map(([id, balance]) => ({ id, balance }));
+    rows.allowances = [...pairs.values()];
+
     const busy = new Set<string>();
-    if (skipLocked) {
-      const lockedUsers = new Set(users.map((u) => u.id));
-      const lockedPairs = new Set(allowanceRows.map((a) => pairKey(a.user_id, a.advisor_id)));
-      const lockedChats = new Set(chatRows.map((c) => c.id));
-      const lockedRecords = new Set(recordRows.map((r) => r.chat_id));
-      for (const o of owners) {
-        // a chat without a record yet has neither record nor (maybe) allowance to lock
-        const whole =
-          lockedUsers.has(o.user_id) &&
-          lockedChats.has(o.id) &&
-          (!o.has_record || (lockedPairs.has(pairKey(o.user_id, o.advisor_id)) && lockedRecords.has(o.id)));
-        if (!whole) busy.add(o.id);
+    const found = new Set(rows.records.map((r) => r.chat_id));
+    const missing = chatIds.filter((id) => !found.has(id));
+    if (missing.length) {
+      // rare: which of them have a record (busy), and the chat rows of those without one (skipped)
+      const others: Array<ChatRow & { has_record: boolean }> = await em.query(
+        `SELECT c.*, EXISTS (SELECT 1 FROM conversation_time_records r WHERE r.chat_id = c.id) AS has_record
+           FROM chats c WHERE c.id = ANY($1::text[])`,
+        [missing],
+      );
+      for (const { has_record, ...chat } of others) {
+        if (has_record) busy.add(chat.id);
+        else rows.chats.push(chat);
       }
     }
     return { rows, busy };
   }
 
-  /** Writes what a batch decided: one statement per table that changed. */
+  /**
+   * Writes what a batch decided in one statement: a data-modifying CTE per table that
+   * changed, each reading its rows from one JSON parameter. On this machine a round
+   * trip costs about 100 us of node CPU whatever it carries, so four writes cost four
+   * times one (docs/BENCHMARKS.md). The CTEs touch different tables, so running them
+   * on one snapshot is safe.
+   */
   private async write(em: EntityManager, d: BatchDecision): Promise<void> {
-    const { users: userUpdates, allowances: allowanceUpdates, chats: chatUpdates, records: recordUpdates } = d;
-    if (userUpdates.length) {
-      await em.query(
-        `UPDATE users u SET balance = v.balance, updated_at = now()
-           FROM jsonb_to_recordset($1::jsonb) AS v(id text, balance numeric)
-          WHERE u.id = v.id`,
-        [JSON.stringify(userUpdates)],
-      );
-    }
-    if (allowanceUpdates.length) {
-      await em.query(
-        `UPDATE free_time_allowances f SET used_seconds = v.used_seconds, updated_at = now()
-           FROM jsonb_to_recordset($1::jsonb) AS v(user_id text, advisor_id text, used_seconds int)
-          WHERE f.user_id = v.user_id AND f.advisor_id = v.advisor_id`,
-        [JSON.stringify(allowanceUpdates)],
-      );
-    }
-    if (chatUpdates.length) {
-      await em.query(
-        `UPDATE chats c SET status = v.status, paused = v.paused, started_at = v.started_at,
-                ended_at = v.ended_at, end_reason = v.end_reason
-           FROM jsonb_to_recordset($1::jsonb)
-             AS v(id text, status text, paused boolean, started_at timestamptz, ended_at timestamptz, end_reason text)
-          WHERE c.id = v.id`,
-        [JSON.stringify(chatUpdates)],
-      );
-    }
-    if (recordUpdates.length) {
-      await em.query(
-        `UPDATE conversation_time_records r SET
-                duration = v.duration, free_time_used = v.free_time_used, paid_seconds = v.paid_seconds,
-                credits_used = v.credits_used, is_active = v.is_active,
-                last_heartbeat_time = v.last_heartbeat_time, settled_until = v.settled_until,
-                last_present_at = v.last_present_at, ended_at = v.ended_at, end_reason = v.end_reason,
-                meter_seq = v.meter_seq, low_balance_warned = v.low_balance_warned, meter_state = v.meter_state
-           FROM jsonb_to_recordset($1::jsonb) AS v(
-                id uuid, duration int, free_time_used int, paid_seconds int, credits_used numeric,
-                is_active boolean, last_heartbeat_time timestamptz, settled_until timestamptz,
-                last_present_at timestamptz, ended_at timestamptz, end_reason text, meter_seq bigint,
-                low_balance_warned boolean, meter_state text)
-          WHERE r.id = v.id`,
-        [JSON.stringify(recordUpdates)],
-      );
-    }
-    if (d.charges.length) {
-      // one open charge entry per chat and segment: later settlements increase it
-      await em.query(
-        `INSERT INTO ledger_entries (user_id, type, amount, balance_after, chat_id, idempotency_key)
-         SELECT v.user_id, 'charge', v.amount, v.balance_after, v.chat_id, v.idempotency_key
-           FROM jsonb_to_recordset($1::jsonb)
-             AS v(user_id text, chat_id text, amount numeric, balance_after numeric, idempotency_key text)
-         ON CONFLICT (user_id, type, idempotency_key) DO UPDATE
-            SET amount = ledger_entries.amount + EXCLUDED.amount,
-                balance_after = EXCLUDED.balance_after, updated_at = now()`,
-        [JSON.stringify(d.charges.map((c) => ({ ...c, amount: formatAmount(c.amount) })))],
-      );
-    }
+    const parts: string[] = [];
+    const data: Record<string, unknown> = {};
+    const add = (name: keyof typeof WRITES, rows: object[]) => {
+      if (!rows.length) return;
+      data[name] = rows;
+      parts.push(`${name} AS (${WRITES[name]})`);
+    };
+    add('users', d.users);
+    add('allowances', d.allowances);
+    add('chats', d.chats);
+    add('records', d.records);
+    // one open charge entry per chat and segment: later settlements increase it
+    add('charges', d.charges.map((c) => ({ ...c, amount: formatAmount(c.amount) })));
+    if (!parts.length) return;
+    await em.query(`WITH w AS (SELECT $1::jsonb AS j), ${parts.join(', ')} SELECT 1`, [JSON.stringify(data)]);
   }
 
   /**
@@ -330,6 +343,52 @@ export class SettlementService {
     meter.meterState = meterState(meter, presence, now);
     return buildSnapshot(row.id, meter, toAllowance(row), parseAmount(row.balance), parseAmount(row.rate_per_minute), Number(row.meter_seq), now);
   }
+}
+
+/** The write of each table, reading its rows from `w.j` (see `write`). */
+const WRITES = {
+  users: `UPDATE users u SET balance = v.balance, updated_at = now()
+            FROM w, jsonb_to_recordset(w.j->'users') AS v(id text, balance numeric)
+           WHERE u.id = v.id`,
+  allowances: `UPDATE free_time_allowances f SET used_seconds = v.used_seconds, updated_at = now()
+                 FROM w, jsonb_to_recordset(w.j->'allowances') AS v(user_id text, advisor_id text, used_seconds int)
+                WHERE f.user_id = v.user_id AND f.advisor_id = v.advisor_id`,
+  chats: `UPDATE chats c SET status = v.status, paused = v.paused, started_at = v.started_at,
+                 ended_at = v.ended_at, end_reason = v.end_reason
+            FROM w, jsonb_to_recordset(w.j->'chats')
+              AS v(id text, status text, paused boolean, started_at timestamptz, ended_at timestamptz, end_reason text)
+           WHERE c.id = v.id`,
+  records: `UPDATE conversation_time_records r SET
+                   duration = v.duration, free_time_used = v.free_time_used, paid_seconds = v.paid_seconds,
+                   credits_used = v.credits_used, is_active = v.is_active,
+                   last_heartbeat_time = v.last_heartbeat_time, settled_until = v.settled_until,
+                   last_present_at = v.last_present_at, ended_at = v.ended_at, end_reason = v.end_reason,
+                   meter_seq = v.meter_seq, low_balance_warned = v.low_balance_warned, meter_state = v.meter_state
+              FROM w, jsonb_to_recordset(w.j->'records') AS v(
+                   id uuid, duration int, free_time_used int, paid_seconds int, credits_used numeric,
+                   is_active boolean, last_heartbeat_time timestamptz, settled_until timestamptz,
+                   last_present_at timestamptz, ended_at timestamptz, end_reason text, meter_seq bigint,
+                   low_balance_warned boolean, meter_state text)
+             WHERE r.id = v.id`,
+  charges: `INSERT INTO ledger_entries (user_id, type, amount, balance_after, chat_id, idempotency_key)
+            SELECT v.user_id, 'charge', v.amount, v.balance_after, v.chat_id, v.idempotency_key
+              FROM w, jsonb_to_recordset(w.j->'charges')
+                AS v(user_id text, chat_id text, amount numeric, balance_after numeric, idempotency_key text)
+            ON CONFLICT (user_id, type, idempotency_key) DO UPDATE
+               SET amount = ledger_entries.amount + EXCLUDED.amount,
+                   balance_after = EXCLUDED.balance_after, updated_at = now()`,
+} as const;
+
+/** The columns of a chat, its user and its allowance joined to a record row by the tick's read. */
+interface JoinedColumns {
+  c_status: ChatRow['status'];
+  c_paused: boolean;
+  c_started_at: Date | null;
+  c_ended_at: Date | null;
+  c_end_reason: ChatRow['end_reason'];
+  u_balance: string;
+  f_allocation_seconds: number;
+  f_used_seconds: number;
 }
 
 /** A ledger row as Postgres returns it. */

@@ -12,7 +12,7 @@ import type { Clock } from '../clock.js';
 import { BusyError, LeaseLostError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PresenceStore } from './presence.js';
-import { isPresent } from './rules.js';
+import { type Command, isPresent } from './rules.js';
 import type { SettleItem, SettleOutcome, SettlementService } from './settlement.js';
 
 export { bucketOf };
@@ -79,6 +79,10 @@ export class Ticker {
   private soon = new Map<string, Array<{ resolve: (o: SettleOutcome | undefined) => void; reject: (e: unknown) => void }>>();
   private soonTimer: unknown = null;
   private soonFlush: Promise<void> | null = null;
+  private commands: QueuedCommand[] = [];
+  private readonly inflight = new Set<Promise<SettleOutcome[]>>();
+  private commandTimer: unknown = null;
+  private commandFlush: Promise<void> | null = null;
   private stopped = true;
   private readonly cluster: Cluster;
   /** Chats that failed on their own (bad data), and when the schedule tries them again. */
@@ -157,6 +161,15 @@ export class Ticker {
     this.soonTimer = null;
     // what was asked for before the stop is settled before it returns
     while (this.soonFlush || this.soon.size) await (this.soonFlush ?? this.flushSoon());
+    if (this.commandTimer !== null) this.d.clock.clearTimeout(this.commandTimer);
+    this.commandTimer = null;
+    while (this.commandFlush || this.commands.length) await (this.commandFlush ?? this.flushCommands());
+    await this.settled();
+  }
+
+  /** Waits for every settlement under way, whoever asked for it. */
+  async settled(): Promise<void> {
+    while (this.inflight.size) await Promise.allSettled([...this.inflight]);
   }
 
   /** Meters this chat from the next tick on (where this node holds its lease). */
@@ -196,7 +209,15 @@ export class Ticker {
    * Settles these chats now (a command, a presence change) and publishes the
    * outcomes. Errors propagate to the caller.
    */
-  async settleNow(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null = null, skipLocked = false): Promise<SettleOutcome[]> {
+  settleNow(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null = null, skipLocked = false): Promise<SettleOutcome[]> {
+    const settling = this.settleAndPublish(items, fence, skipLocked);
+    // stop() waits for it, whoever asked (a top-up's refresh runs after its response)
+    this.inflight.add(settling);
+    void settling.catch(() => undefined).finally(() => this.inflight.delete(settling));
+    return settling;
+  }
+
+  private async settleAndPublish(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null, skipLocked: boolean): Promise<SettleOutcome[]> {
     const now = this.d.clock.now();
     const spans = await this.d.presence.spans(items.map((i) => i.chatId), now);
     const outcomes = await this.d.engine.settleBatch(
@@ -227,12 +248,72 @@ export class Ticker {
     });
   }
 
+  /**
+   * Applies a command, in one transaction with the other commands asked for meanwhile
+   * (one per chat a batch: a chat's next command waits for the next). A batch that
+   * fails is retried one command at a time, so one chat's failure stays its own.
+   * Resolves with the chat's outcome.
+   */
+  settleCommand(chatId: string, command: Command): Promise<SettleOutcome | undefined> {
+    if (this.stopped) return this.settleNow([{ chatId, command }]).then((o) => o[0]);
+    return new Promise((resolve, reject) => {
+      this.commands.push({ chatId, command, resolve, reject });
+      if (this.commandTimer === null && !this.commandFlush) this.commandTimer = this.d.clock.setTimeout(() => void this.flushCommands(), 0);
+    });
+  }
+
+  private flushCommands(): Promise<void> {
+    this.commandTimer = null;
+    const batch: QueuedCommand[] = [];
+    const rest: QueuedCommand[] = [];
+    const chats = new Set<string>();
+    for (const c of this.commands) {
+      if (chats.has(c.chatId)) rest.push(c);
+      else {
+        chats.add(c.chatId);
+        batch.push(c);
+      }
+    }
+    this.commands = rest;
+    const settle = async (part: QueuedCommand[]) => {
+      const outcomes = new Map((await this.settleNow(part.map(({ chatId, command }) => ({ chatId, command })))).map((o) => [o.chatId, o]));
+      for (const c of part) c.resolve(outcomes.get(c.chatId));
+    };
+    this.commandFlush = (async () => {
+      try {
+        await settle(batch);
+      } catch (err) {
+        if (batch.length === 1) return batch[0]!.reject(err);
+        for (const c of batch) await settle([c]).catch(c.reject);
+      }
+    })().finally(() => {
+      this.commandFlush = null;
+      if (this.commands.length && !this.stopped) this.commandTimer = this.d.clock.setTimeout(() => void this.flushCommands(), 0);
+    });
+    return this.commandFlush;
+  }
+
   private flushSoon(): Promise<void> {
     this.soonTimer = null;
     const batch = this.soon;
     this.soon = new Map();
     this.soonFlush = (async () => {
-      const { outcomes, failures } = await this.settleMany([...batch.keys()]);
+      // the tick's one-statement read first; the few chats whose rows are held elsewhere wait for them
+      const ids = [...batch.keys()];
+      const { outcomes, failures } = await this.settleMany(ids, null, true);
+      const busy = ids.filter((id) => {
+        const o = outcomes.get(id);
+        return o && !o.ok && o.error instanceof BusyError;
+      });
+      if (busy.length) {
+        const again = await this.settleMany(busy);
+        for (const id of busy) {
+          outcomes.delete(id);
+          const o = again.outcomes.get(id);
+          if (o) outcomes.set(id, o);
+          if (again.failures.has(id)) failures.set(id, again.failures.get(id));
+        }
+      }
       for (const [id, waiters] of batch) {
         const err = failures.get(id);
         for (const w of waiters) if (err === undefined) w.resolve(outcomes.get(id));
@@ -267,6 +348,8 @@ export class Ticker {
         this.d.presence.forget(o.chatId);
         continue;
       }
+      // best effort: a pending chat everyone left holds no presence (a failure leaves it until the chat ends)
+      if (o.meter.state === 'pending') this.d.presence.release(o.chatId).catch(() => undefined);
       if (o.meter.state !== 'pending' && !this.chats.has(o.chatId)) {
         this.track(o.chatId);
         tracked.add(o.chatId);
@@ -415,6 +498,14 @@ export class Ticker {
     for (let i = 0; i < ids.length; i += 500) await run(ids.slice(i, i + 500));
     return { outcomes, failures };
   }
+}
+
+/** A command waiting for its batch. */
+interface QueuedCommand {
+  chatId: string;
+  command: Command;
+  resolve: (o: SettleOutcome | undefined) => void;
+  reject: (e: unknown) => void;
 }
 
 /** However idle a chat, the schedule settles it at least this often (balances moved by other chats, other nodes). */

@@ -23,6 +23,7 @@ import { BadRequestError, ConflictError, DomainError, ForbiddenError } from '../
 import type { Logger } from '../log.js';
 import type { MeterService } from '../metering/meter-service.js';
 import type { PresenceStore } from '../metering/presence.js';
+import type { Command } from '../metering/rules.js';
 import type { SettleOutcome, SettlementService } from '../metering/settlement.js';
 import type { Metrics } from '../metrics.js';
 import type { Principal, Tokens } from '../tokens.js';
@@ -178,20 +179,20 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       if (typeof ack === 'function') ack({ ok: false, error: { code: ErrorCode.BadRequest, message: `unknown event ${String(event).slice(0, 64)}` } });
     });
 
-    const memberChat = async (chatId: string): Promise<ChatView> => {
-      const chat = await d.accounts.getChat(chatId);
+    /** Refuses a chat that isn't the caller's. */
+    const member = (chat: ChatView): void => {
       const mine = principal.role === 'user' ? chat.userId === principal.sub : chat.advisorId === principal.sub;
-      if (!mine) throw new ForbiddenError(`chat ${chatId} is not yours`);
-      return chat;
+      if (!mine) throw new ForbiddenError(`chat ${chat.id} is not yours`);
     };
-    const advisorChat = async (chatId: string): Promise<ChatView> => {
-      if (principal.role !== 'advisor') throw new ForbiddenError('only the chat\'s advisor may do this');
-      return memberChat(chatId);
-    };
+    /** A command of the chat's advisor (`end`: of either member), refused in SPEC 2's order: not_found, forbidden, conflict. */
+    const command = (chatId: string, cmd: Command, advisorOnly = true) =>
+      d.meters.command(chatId, cmd, (chat) => {
+        member(chat);
+        if (advisorOnly && principal.role !== 'advisor') throw new ForbiddenError('only the chat\'s advisor may do this');
+      });
 
     handle('chat:join', ChatRefSchema, async ({ chatId }) => {
-      const chat = await memberChat(chatId);
-      await d.engine.initializeTimeTrackingForChat(chat.userId, chat.advisorId, chatId);
+      const chat = await d.meters.open(chatId, member);
       if (!socket.connected) throw new ConflictError('the socket disconnected while joining');
       const rooms = [`chat:${chatId}`];
       if (principal.role === 'user') rooms.push(pairRoom(chat.userId, chat.advisorId));
@@ -211,7 +212,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       }
       meter ??= await d.meters.meter(chatId);
       log.info({ chatId, recordId: meter?.recordId, event: 'chat:join' }, 'joined chat');
-      return { chat: await d.accounts.getChat(chatId), meter, heartbeatIntervalMs: d.heartbeatIntervalMs };
+      return { chat: await d.meters.current(chat, meter), meter, heartbeatIntervalMs: d.heartbeatIntervalMs };
     });
 
     handle('heartbeat', ChatRefSchema, async ({ chatId }) => {
@@ -230,22 +231,12 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       return {};
     });
 
-    handle('chat:start', ChatRefSchema, async ({ chatId }) => {
-      await advisorChat(chatId);
-      return d.meters.command(chatId, { kind: 'start' });
-    });
-    handle('chat:pause', ChatRefSchema, async ({ chatId }) => {
-      await advisorChat(chatId);
-      return d.meters.command(chatId, { kind: 'pause' });
-    });
-    handle('chat:resume', ChatRefSchema, async ({ chatId }) => {
-      await advisorChat(chatId);
-      return d.meters.command(chatId, { kind: 'resume' });
-    });
-    handle('chat:end', ChatRefSchema, async ({ chatId }) => {
-      await memberChat(chatId);
-      return d.meters.command(chatId, { kind: 'end', reason: principal.role === 'user' ? 'ended_by_user' : 'ended_by_advisor' });
-    });
+    handle('chat:start', ChatRefSchema, async ({ chatId }) => command(chatId, { kind: 'start' }));
+    handle('chat:pause', ChatRefSchema, async ({ chatId }) => command(chatId, { kind: 'pause' }));
+    handle('chat:resume', ChatRefSchema, async ({ chatId }) => command(chatId, { kind: 'resume' }));
+    handle('chat:end', ChatRefSchema, async ({ chatId }) =>
+      command(chatId, { kind: 'end', reason: principal.role === 'user' ? 'ended_by_user' : 'ended_by_advisor' }, false),
+    );
 
     /** Leaves a chat's rooms; when the user's last present socket leaves, the meter stops now. */
     async function leaveChat(chatId: string): Promise<void> {

@@ -62,6 +62,17 @@ export function presenceContract(name: string, make: () => Promise<PresenceStore
       expect((await p.span('c', 2000))!.until).to.equal(2000);
     });
 
+    it('releases a chat nobody is joined to, and keeps one a socket is joined to', async () => {
+      await p.join('c', 's1', 0);
+      await p.join('d', 's2', 0);
+      await p.release('c');
+      expect(await p.span('c', 1000), 'a joined socket keeps it').to.not.equal(null);
+      expect(await p.leave('c', 's1', 1000)).to.equal(true);
+      await p.release('c');
+      expect(await p.span('c', 1000)).to.equal(null);
+      expect(await p.span('d', 1000)).to.not.equal(null);
+    });
+
     it('keeps chats apart', async () => {
       await p.join('a', 's1', 0);
       await p.join('b', 's1', 0);
