@@ -36,6 +36,8 @@ export interface SocketData {
   expiresAt: number;
   /** Chats this socket joined, with their pair room. */
   chats: Map<string, string>;
+  /** The timer that closes the transport at the token's expiry. */
+  expiry: unknown;
 }
 
 export type ChatServer = Server<ClientToServerEvents, ServerToClientEvents, Record<string, never>, SocketData>;
@@ -127,6 +129,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
         socket.data.principal = { sub: principal.sub, role: principal.role };
         socket.data.expiresAt = principal.expiresAt;
         socket.data.chats = new Map();
+        socket.data.expiry = null;
         next();
       })
       .catch((err: unknown) => {
@@ -135,132 +138,161 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       });
   });
 
+  /** The ids a socket's log lines carry. */
+  const ids = (socket: ChatSocket) => {
+    const { principal } = socket.data;
+    return { socketId: socket.id, [principal.role === 'user' ? 'userId' : 'advisorId']: principal.sub };
+  };
+
+  /**
+   * Builds a listener shared by every socket (`this` is the socket: no closures per
+   * socket, which is most of a socket's memory at 10,000 of them): rate limit →
+   * validate → act → ack, every failure answered with a code.
+   */
+  const handler = <S extends z.ZodType, R extends object>(event: keyof ClientToServerEvents, schema: S, act: (socket: ChatSocket, p: z.infer<S>) => Promise<R>) =>
+    async function (this: ChatSocket, ...args: unknown[]): Promise<void> {
+      const socket = this;
+      const { principal } = socket.data;
+      const ack = typeof args[args.length - 1] === 'function' ? (args.pop() as (a: unknown) => void) : undefined;
+      try {
+        // leaving is always allowed: it only stops a meter
+        if (event !== 'chat:leave' && d.clock.now() >= socket.data.expiresAt) {
+          throw new DomainError(ErrorCode.Unauthorized, 'the token has expired: reconnect with a fresh one');
+        }
+        await consume(perSocket, socket.id);
+        await consume(perPrincipal, `${principal.role}:${principal.sub}`);
+        const parsed = schema.safeParse(args[0]);
+        if (!parsed.success) throw new BadRequestError(`${event}: ${describeIssues(parsed.error)}`);
+        const result = await act(socket, parsed.data);
+        ack?.({ ok: true, ...result });
+      } catch (err) {
+        const code = err instanceof DomainError ? err.code : ErrorCode.Internal;
+        d.metrics.rejectedEvents.inc({ code });
+        if (code === ErrorCode.Internal) d.log.error({ ...ids(socket), err, event }, 'event failed');
+        else d.log.debug({ ...ids(socket), event, code, msg: (err as Error).message }, 'event refused');
+        ack?.({ ok: false, error: { code, message: code === ErrorCode.Internal ? 'internal error' : (err as Error).message } });
+      }
+    };
+
+  /** Refuses a chat that isn't the caller's. */
+  const member = (socket: ChatSocket, chat: ChatView): void => {
+    const { principal } = socket.data;
+    const mine = principal.role === 'user' ? chat.userId === principal.sub : chat.advisorId === principal.sub;
+    if (!mine) throw new ForbiddenError(`chat ${chat.id} is not yours`);
+  };
+
+  /** A command of the chat's advisor (`end`: of either member), refused in SPEC 2's order: not_found, forbidden, conflict. */
+  const command = (socket: ChatSocket, chatId: string, cmd: Command, advisorOnly = true) =>
+    d.meters.command(chatId, cmd, (chat) => {
+      member(socket, chat);
+      if (advisorOnly && socket.data.principal.role !== 'advisor') throw new ForbiddenError('only the chat\'s advisor may do this');
+    });
+
+  /** Leaves a chat's rooms; when the user's last present socket leaves, the meter stops now. */
+  async function leaveChat(socket: ChatSocket, chatId: string): Promise<void> {
+    const pair = socket.data.chats.get(chatId);
+    socket.data.chats.delete(chatId);
+    void socket.leave(`chat:${chatId}`);
+    if (pair && ![...socket.data.chats.values()].includes(pair)) void socket.leave(pair);
+    if (socket.data.principal.role === 'user') {
+      const last = await d.presence.leave(chatId, socket.id, d.clock.now());
+      if (last) await d.meters.presenceChanged(chatId);
+    }
+  }
+
+  const listeners: Array<[keyof ClientToServerEvents, (this: ChatSocket, ...args: unknown[]) => Promise<void>]> = [
+    [
+      'chat:join',
+      handler('chat:join', ChatRefSchema, async (socket, { chatId }) => {
+        const { principal } = socket.data;
+        const chat = await d.meters.open(chatId, (c) => member(socket, c));
+        if (!socket.connected) throw new ConflictError('the socket disconnected while joining');
+        const rooms = [`chat:${chatId}`];
+        if (principal.role === 'user') rooms.push(pairRoom(chat.userId, chat.advisorId));
+        await socket.join(rooms);
+        socket.data.chats.set(chatId, pairRoom(chat.userId, chat.advisorId));
+        let meter = null;
+        if (principal.role === 'user' && chat.status !== 'ended') {
+          await d.meters.settleLapsedPresence(chatId);
+          const started = await d.presence.join(chatId, socket.id, d.clock.now());
+          // a leave or disconnect that ran while this join awaited found no presence to end: end it now
+          if (!socket.connected || !socket.data.chats.has(chatId)) {
+            if (await d.presence.leave(chatId, socket.id, d.clock.now())) await d.meters.presenceChanged(chatId);
+            throw new ConflictError(`left chat ${chatId} while joining it`);
+          }
+          // settle whatever the status read above: a start racing this join is seen by one of the two
+          if (started) meter = await d.meters.presenceChanged(chatId);
+        }
+        meter ??= await d.meters.meter(chatId);
+        d.log.info({ ...ids(socket), chatId, recordId: meter?.recordId, event: 'chat:join' }, 'joined chat');
+        return { chat: await d.meters.current(chat, meter), meter, heartbeatIntervalMs: d.heartbeatIntervalMs };
+      }),
+    ],
+    [
+      'heartbeat',
+      handler('heartbeat', ChatRefSchema, async (socket, { chatId }) => {
+        if (socket.data.principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
+        if (!socket.data.chats.has(chatId)) throw new ConflictError(`join chat ${chatId} before sending heartbeats`);
+        await d.meters.settleLapsedPresence(chatId);
+        const now = d.clock.now();
+        const restarted = await d.presence.heartbeat(chatId, socket.id, now);
+        if (restarted) await d.meters.presenceChanged(chatId);
+        return { serverTime: new Date(now).toISOString() };
+      }),
+    ],
+    [
+      'chat:leave',
+      handler('chat:leave', ChatRefSchema, async (socket, { chatId }) => {
+        if (!socket.data.chats.has(chatId)) throw new ConflictError(`chat ${chatId} was not joined`);
+        await leaveChat(socket, chatId);
+        return {};
+      }),
+    ],
+    ['chat:start', handler('chat:start', ChatRefSchema, (socket, { chatId }) => command(socket, chatId, { kind: 'start' }))],
+    ['chat:pause', handler('chat:pause', ChatRefSchema, (socket, { chatId }) => command(socket, chatId, { kind: 'pause' }))],
+    ['chat:resume', handler('chat:resume', ChatRefSchema, (socket, { chatId }) => command(socket, chatId, { kind: 'resume' }))],
+    [
+      'chat:end',
+      handler('chat:end', ChatRefSchema, (socket, { chatId }) =>
+        command(socket, chatId, { kind: 'end', reason: socket.data.principal.role === 'user' ? 'ended_by_user' : 'ended_by_advisor' }, false),
+      ),
+    ],
+  ];
+  const handled = new Set<string>(listeners.map(([event]) => event));
+
+  function unknownEvent(this: ChatSocket, event: string, ...args: unknown[]): void {
+    // events with a handler answer for themselves
+    if (handled.has(event)) return;
+    d.metrics.rejectedEvents.inc({ code: ErrorCode.BadRequest });
+    const ack = args[args.length - 1];
+    if (typeof ack === 'function') ack({ ok: false, error: { code: ErrorCode.BadRequest, message: `unknown event ${String(event).slice(0, 64)}` } });
+  }
+
+  function disconnected(this: ChatSocket): void {
+    const socket = this;
+    if (socket.data.expiry !== null) d.clock.clearTimeout(socket.data.expiry);
+    d.metrics.sockets.dec();
+    if (d.isClosing()) return;
+    for (const chatId of [...socket.data.chats.keys()]) {
+      leaveChat(socket, chatId).catch((err: unknown) => {
+        d.metrics.backgroundErrors.inc({ where: 'disconnect' });
+        d.log.error({ ...ids(socket), err, chatId }, 'leaving a chat on disconnect failed');
+      });
+    }
+  }
+
   io.on('connection', (socket: ChatSocket) => {
     const { principal } = socket.data;
     d.metrics.sockets.inc();
     void socket.join(principal.role === 'user' ? `user:${principal.sub}` : `advisor:${principal.sub}`);
-    const log = d.log.child({ socketId: socket.id, [principal.role === 'user' ? 'userId' : 'advisorId']: principal.sub });
     // at the token's expiry the transport closes: the meter stops at once (disconnect) and the
     // client reconnects through the handshake with a fresh token; beyond setTimeout's range the
     // per-event check alone applies
     const untilExpiry = socket.data.expiresAt - d.clock.now();
-    const expiry = untilExpiry < 2 ** 31 - 1 ? d.clock.setTimeout(() => socket.conn.close(), Math.max(0, untilExpiry)) : null;
-
-    /** Registers a handler: rate limit → validate → act → ack, every failure answered with a code. */
-    const handle = <S extends z.ZodType, R extends object>(event: keyof ClientToServerEvents, schema: S, act: (p: z.infer<S>) => Promise<R>) => {
-      socket.on(event, async (...args: unknown[]) => {
-        const ack = typeof args[args.length - 1] === 'function' ? (args.pop() as (a: unknown) => void) : undefined;
-        try {
-          // leaving is always allowed: it only stops a meter
-          if (event !== 'chat:leave' && d.clock.now() >= socket.data.expiresAt) {
-            throw new DomainError(ErrorCode.Unauthorized, 'the token has expired: reconnect with a fresh one');
-          }
-          await consume(perSocket, socket.id);
-          await consume(perPrincipal, `${principal.role}:${principal.sub}`);
-          const parsed = schema.safeParse(args[0]);
-          if (!parsed.success) throw new BadRequestError(`${event}: ${describeIssues(parsed.error)}`);
-          const result = await act(parsed.data);
-          ack?.({ ok: true, ...result });
-        } catch (err) {
-          const code = err instanceof DomainError ? err.code : ErrorCode.Internal;
-          d.metrics.rejectedEvents.inc({ code });
-          if (code === ErrorCode.Internal) log.error({ err, event }, 'event failed');
-          else log.debug({ event, code, msg: (err as Error).message }, 'event refused');
-          ack?.({ ok: false, error: { code, message: code === ErrorCode.Internal ? 'internal error' : (err as Error).message } });
-        }
-      });
-    };
-
-    socket.onAny((event: string, ...args: unknown[]) => {
-      // events with a handler answer for themselves
-      if (socket.listeners(event as keyof ClientToServerEvents).length > 0) return;
-      d.metrics.rejectedEvents.inc({ code: ErrorCode.BadRequest });
-      const ack = args[args.length - 1];
-      if (typeof ack === 'function') ack({ ok: false, error: { code: ErrorCode.BadRequest, message: `unknown event ${String(event).slice(0, 64)}` } });
-    });
-
-    /** Refuses a chat that isn't the caller's. */
-    const member = (chat: ChatView): void => {
-      const mine = principal.role === 'user' ? chat.userId === principal.sub : chat.advisorId === principal.sub;
-      if (!mine) throw new ForbiddenError(`chat ${chat.id} is not yours`);
-    };
-    /** A command of the chat's advisor (`end`: of either member), refused in SPEC 2's order: not_found, forbidden, conflict. */
-    const command = (chatId: string, cmd: Command, advisorOnly = true) =>
-      d.meters.command(chatId, cmd, (chat) => {
-        member(chat);
-        if (advisorOnly && principal.role !== 'advisor') throw new ForbiddenError('only the chat\'s advisor may do this');
-      });
-
-    handle('chat:join', ChatRefSchema, async ({ chatId }) => {
-      const chat = await d.meters.open(chatId, member);
-      if (!socket.connected) throw new ConflictError('the socket disconnected while joining');
-      const rooms = [`chat:${chatId}`];
-      if (principal.role === 'user') rooms.push(pairRoom(chat.userId, chat.advisorId));
-      await socket.join(rooms);
-      socket.data.chats.set(chatId, pairRoom(chat.userId, chat.advisorId));
-      let meter = null;
-      if (principal.role === 'user' && chat.status !== 'ended') {
-        await d.meters.settleLapsedPresence(chatId);
-        const started = await d.presence.join(chatId, socket.id, d.clock.now());
-        // a leave or disconnect that ran while this join awaited found no presence to end: end it now
-        if (!socket.connected || !socket.data.chats.has(chatId)) {
-          if (await d.presence.leave(chatId, socket.id, d.clock.now())) await d.meters.presenceChanged(chatId);
-          throw new ConflictError(`left chat ${chatId} while joining it`);
-        }
-        // settle whatever the status read above: a start racing this join is seen by one of the two
-        if (started) meter = await d.meters.presenceChanged(chatId);
-      }
-      meter ??= await d.meters.meter(chatId);
-      log.info({ chatId, recordId: meter?.recordId, event: 'chat:join' }, 'joined chat');
-      return { chat: await d.meters.current(chat, meter), meter, heartbeatIntervalMs: d.heartbeatIntervalMs };
-    });
-
-    handle('heartbeat', ChatRefSchema, async ({ chatId }) => {
-      if (principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
-      if (!socket.data.chats.has(chatId)) throw new ConflictError(`join chat ${chatId} before sending heartbeats`);
-      await d.meters.settleLapsedPresence(chatId);
-      const now = d.clock.now();
-      const restarted = await d.presence.heartbeat(chatId, socket.id, now);
-      if (restarted) await d.meters.presenceChanged(chatId);
-      return { serverTime: new Date(now).toISOString() };
-    });
-
-    handle('chat:leave', ChatRefSchema, async ({ chatId }) => {
-      if (!socket.data.chats.has(chatId)) throw new ConflictError(`chat ${chatId} was not joined`);
-      await leaveChat(chatId);
-      return {};
-    });
-
-    handle('chat:start', ChatRefSchema, async ({ chatId }) => command(chatId, { kind: 'start' }));
-    handle('chat:pause', ChatRefSchema, async ({ chatId }) => command(chatId, { kind: 'pause' }));
-    handle('chat:resume', ChatRefSchema, async ({ chatId }) => command(chatId, { kind: 'resume' }));
-    handle('chat:end', ChatRefSchema, async ({ chatId }) =>
-      command(chatId, { kind: 'end', reason: principal.role === 'user' ? 'ended_by_user' : 'ended_by_advisor' }, false),
-    );
-
-    /** Leaves a chat's rooms; when the user's last present socket leaves, the meter stops now. */
-    async function leaveChat(chatId: string): Promise<void> {
-      const pair = socket.data.chats.get(chatId);
-      socket.data.chats.delete(chatId);
-      void socket.leave(`chat:${chatId}`);
-      if (pair && ![...socket.data.chats.values()].includes(pair)) void socket.leave(pair);
-      if (principal.role === 'user') {
-        const last = await d.presence.leave(chatId, socket.id, d.clock.now());
-        if (last) await d.meters.presenceChanged(chatId);
-      }
-    }
-
-    socket.on('disconnect', () => {
-      if (expiry !== null) d.clock.clearTimeout(expiry);
-      d.metrics.sockets.dec();
-      if (d.isClosing()) return;
-      for (const chatId of [...socket.data.chats.keys()]) {
-        leaveChat(chatId).catch((err: unknown) => {
-          d.metrics.backgroundErrors.inc({ where: 'disconnect' });
-          log.error({ err, chatId }, 'leaving a chat on disconnect failed');
-        });
-      }
-    });
+    socket.data.expiry = untilExpiry < 2 ** 31 - 1 ? d.clock.setTimeout(() => socket.conn.close(), Math.max(0, untilExpiry)) : null;
+    for (const [event, listener] of listeners) socket.on(event, listener as never);
+    socket.onAny(unknownEvent);
+    socket.on('disconnect', disconnected);
   });
 }
 
