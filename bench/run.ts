@@ -6,8 +6,8 @@
  * DATABASE_URL or on PGlite. Prints the time per batch and per whole tick and
  * the round trips per batch.
  *
- * `npm run bench` runs this, then bench/realtime.ts (one node with its sockets
- * under load); BENCH_CHATS sets the chats of both.
+ * `npm run bench` runs this, then the load mode (bench/load/load.ts: nodes and a
+ * bare socket.io baseline under 10,000 tabs); BENCH_CHATS sets the chats of both.
  *
  * @example npm run bench                       # PGlite
  * @example DATABASE_URL=postgres://... npm run bench

@@ -182,6 +182,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     // the node that leases a chat started elsewhere hears of it at once, or at the next rescan
     onTracked: redis ? (chatIds) => io.serverSideEmit('chats:tracked', chatIds) : undefined,
     rescanMs: redis ? 5000 : undefined,
+    sharedPresence: Boolean(redis),
   });
   cluster.onAcquired(() => void ticker.rescan());
   if (redis) {

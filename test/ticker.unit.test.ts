@@ -243,12 +243,13 @@ describe('ticker: idle chats (fake clock)', () => {
     return { engine: engine as unknown as SettlementService, settled, presence, clock };
   }
 
-  it('settles an away chat at its deadline or when its user comes back, not on every tick', async () => {
+  it('with presence shared by nodes, settles an away chat at its deadline or when its user comes back, not on every tick', async () => {
     const clock = FakeTimers.createClock(1_000_000);
     const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
     const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
     const { engine, settled } = awayEngine(clock, presence);
     const ticker = new Ticker({
+      sharedPresence: true,
       clock: asClock,
       engine,
       presence,
@@ -271,6 +272,46 @@ describe('ticker: idle chats (fake clock)', () => {
     ticker.wake(['a']);
     await clock.tickAsync(1000);
     expect(settled.filter((s) => s.id === 'a').map((s) => s.at)).to.deep.equal([1000, 6000, 11_000, 13_000]);
+    const stopping = ticker.stop();
+    await clock.tickAsync(1000);
+    await stopping;
+  });
+
+  it('with presence on this node alone, looks nothing up for an away chat: a return settles it at once', async () => {
+    const clock = FakeTimers.createClock(1_000_000);
+    const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
+    const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
+    const { engine, settled } = awayEngine(clock, presence);
+    let lookups = 0;
+    const spans = presence.spans.bind(presence);
+    presence.spans = (ids, now) => {
+      lookups += ids.length;
+      return spans(ids, now);
+    };
+    const ticker = new Ticker({
+      clock: asClock,
+      engine,
+      presence,
+      log: pino({ level: 'silent' }),
+      metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
+      publish: () => {},
+      loadActiveChatIds: async () => ['a', 'b'],
+      tickMs: 1000,
+      buckets: 1,
+    });
+    await ticker.start();
+    await clock.tickAsync(4_000);
+    expect(settled.map((s) => s.at)).to.deep.equal([1000, 1000]);
+    // each settlement reads its chats' spans; the idle ticks between read none
+    expect(lookups).to.equal(2);
+    // b's user comes back at 4.5 s: the join settles it then (the socket layer asks), and every tick after
+    await clock.tickAsync(500);
+    await presence.join('b', 'tab', clock.now);
+    const soon = ticker.settleSoon('b');
+    await clock.tickAsync(1);
+    await soon;
+    await clock.tickAsync(2000);
+    expect(settled.filter((s) => s.id === 'b').map((s) => s.at)).to.deep.equal([1000, 4500, 5000, 6000]);
     const stopping = ticker.stop();
     await clock.tickAsync(1000);
     await stopping;

@@ -64,11 +64,19 @@ export interface TickerDeps {
   onTracked?: (chatIds: string[]) => void;
   /** How often to reload the active chats (chats started on another node while the news was lost). */
   rescanMs?: number;
+  /**
+   * True when a user can come back to an away chat on another node (shared presence): the
+   * ticks then look up whether each away chat's user is back. Without it a return is seen
+   * here (its join or heartbeat settles the chat at once), and an away chat costs nothing a tick.
+   */
+  sharedPresence?: boolean;
 }
 
 /** Settles chats on the clock's schedule and on demand. */
 export class Ticker {
   private readonly chats = new Map<string, number>();
+  /** The same chats by bucket, so a slot finds its own without walking them all. */
+  private readonly byBucket: Array<Set<string>>;
   private readonly buckets: number;
   private readonly sliceMs: number;
   private origin = 0;
@@ -102,6 +110,7 @@ export class Ticker {
 
   constructor(private readonly d: TickerDeps) {
     this.buckets = Math.max(1, Math.min(d.buckets ?? 10, d.tickMs));
+    this.byBucket = Array.from({ length: this.buckets }, () => new Set<string>());
     this.sliceMs = d.tickMs / this.buckets;
     this.startedAt = d.clock.now();
     this.cluster = d.cluster ?? alone();
@@ -128,8 +137,8 @@ export class Ticker {
       try {
         const ids = await this.d.loadActiveChatIds();
         const keep = new Set([...ids, ...this.trackedDuringRescan!]);
-        for (const id of [...this.chats.keys()]) if (!keep.has(id)) this.chats.delete(id);
-        for (const id of keep) if (!this.chats.has(id)) this.chats.set(id, bucketOf(id, this.buckets));
+        for (const id of [...this.chats.keys()]) if (!keep.has(id)) this.removeChat(id);
+        for (const id of keep) this.addChat(id);
         this.d.metrics.activeChatsCount(this.chats.size);
       } catch (err) {
         this.d.log.warn({ err }, 'reloading the active chats failed');
@@ -172,10 +181,24 @@ export class Ticker {
     while (this.inflight.size) await Promise.allSettled([...this.inflight]);
   }
 
+  private addChat(chatId: string): void {
+    if (this.chats.has(chatId)) return;
+    const bucket = bucketOf(chatId, this.buckets);
+    this.chats.set(chatId, bucket);
+    this.byBucket[bucket]!.add(chatId);
+  }
+
+  private removeChat(chatId: string): void {
+    const bucket = this.chats.get(chatId);
+    if (bucket === undefined) return;
+    this.chats.delete(chatId);
+    this.byBucket[bucket]!.delete(chatId);
+  }
+
   /** Meters this chat from the next tick on (where this node holds its lease). */
   track(chatId: string): void {
     this.trackedDuringRescan?.add(chatId);
-    if (!this.chats.has(chatId)) this.chats.set(chatId, bucketOf(chatId, this.buckets));
+    this.addChat(chatId);
     this.d.metrics.activeChatsCount(this.chats.size);
   }
 
@@ -189,7 +212,7 @@ export class Ticker {
 
   /** Stops metering this chat. */
   untrack(chatId: string): void {
-    this.chats.delete(chatId);
+    this.removeChat(chatId);
     this.failing.delete(chatId);
     this.idle.delete(chatId);
     this.d.metrics.activeChatsCount(this.chats.size);
@@ -395,7 +418,7 @@ export class Ticker {
 
   private async runSlot(buckets: Set<number>): Promise<void> {
     const ids: string[] = [];
-    for (const [id, b] of this.chats) if (buckets.has(b)) ids.push(id);
+    for (const b of buckets) for (const id of this.byBucket[b]!) ids.push(id);
     if (ids.length === 0) return;
     const started = performance.now();
     let settled = 0;
@@ -442,8 +465,8 @@ export class Ticker {
 
   /**
    * Of these chats, those a tick must settle: all but the idle ones (away or paused)
-   * whose deadline has not come, whose safety resettle is not due, and (away) whose
-   * user is still absent: for those a presence lookup replaces a settlement.
+   * whose deadline has not come, whose safety resettle is not due, and (away, with
+   * shared presence) whose user is still absent: a presence lookup replaces a settlement.
    */
   private async notIdle(ids: string[], now: number): Promise<string[]> {
     const due: string[] = [];
@@ -451,7 +474,7 @@ export class Ticker {
     for (const id of ids) {
       const i = this.idle.get(id);
       if (!i || now >= i.wakeAt || now - i.settledAt >= IDLE_RESETTLE_MS) due.push(id);
-      else if (i.state === 'away') away.push(id);
+      else if (i.state === 'away' && this.d.sharedPresence) away.push(id);
     }
     if (away.length) {
       const spans = await this.d.presence.spans(away, now);
