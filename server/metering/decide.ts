@@ -67,6 +67,8 @@ export interface SettleOptions {
    * BusyError and are settled at their next tick, and no chat waits on another's lock.
    */
   skipLocked?: boolean;
+  /** Wait at most this long for any lock (Postgres `lock_timeout`): longer fails the batch with SQLSTATE 55P03. */
+  lockTimeoutMs?: number;
 }
 
 /** A time record row as Postgres returns it. */

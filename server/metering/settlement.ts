@@ -120,6 +120,7 @@ export class SettlementService {
   }
 
   private async settleIn(em: EntityManager, items: SettleItem[], now: number, opts: SettleOptions): Promise<SettleOutcome[]> {
+    if (opts.lockTimeoutMs !== undefined) await em.query(`SET LOCAL lock_timeout = ${Math.max(1, Math.round(opts.lockTimeoutMs))}`);
     const fenced = opts.fence ? await this.checkFence(em, items, opts.fence) : [];
     if (fenced.length) {
       const refused = new Set(fenced.map((o) => o.chatId));

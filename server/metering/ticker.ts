@@ -83,7 +83,9 @@ export class Ticker {
   /** The next slot to run; slot k is due at origin + k × slice and settles bucket k % buckets. */
   private nextSlot = 1;
   private timer: unknown = null;
-  private running: Promise<void> | null = null;
+  /** Slots settling now (at most SLOTS_IN_FLIGHT), and their buckets. */
+  private readonly slots = new Set<Promise<void>>();
+  private readonly bucketsInFlight = new Set<number>();
   private soon = new Map<string, Array<{ resolve: (o: SettleOutcome | undefined) => void; reject: (e: unknown) => void }>>();
   private soonTimer: unknown = null;
   private soonFlush: Promise<void> | null = null;
@@ -165,7 +167,7 @@ export class Ticker {
     this.timer = null;
     if (this.rescanTimer !== null) this.d.clock.clearTimeout(this.rescanTimer);
     this.rescanTimer = null;
-    await this.running;
+    while (this.slots.size) await Promise.allSettled([...this.slots]);
     if (this.soonTimer !== null) this.d.clock.clearTimeout(this.soonTimer);
     this.soonTimer = null;
     // what was asked for before the stop is settled before it returns
@@ -232,21 +234,26 @@ export class Ticker {
    * Settles these chats now (a command, a presence change) and publishes the
    * outcomes. Errors propagate to the caller.
    */
-  settleNow(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null = null, skipLocked = false): Promise<SettleOutcome[]> {
-    const settling = this.settleAndPublish(items, fence, skipLocked);
+  settleNow(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null = null, skipLocked = false, lockTimeoutMs?: number): Promise<SettleOutcome[]> {
+    const settling = this.settleAndPublish(items, fence, skipLocked, lockTimeoutMs);
     // stop() waits for it, whoever asked (a top-up's refresh runs after its response)
     this.inflight.add(settling);
     void settling.catch(() => undefined).finally(() => this.inflight.delete(settling));
     return settling;
   }
 
-  private async settleAndPublish(items: Array<Omit<SettleItem, 'presence'>>, fence: Fence | null, skipLocked: boolean): Promise<SettleOutcome[]> {
+  private async settleAndPublish(
+    items: Array<Omit<SettleItem, 'presence'>>,
+    fence: Fence | null,
+    skipLocked: boolean,
+    lockTimeoutMs: number | undefined,
+  ): Promise<SettleOutcome[]> {
     const now = this.d.clock.now();
     const spans = await this.d.presence.spans(items.map((i) => i.chatId), now);
     const outcomes = await this.d.engine.settleBatch(
       items.map((i) => ({ ...i, presence: spans.get(i.chatId) ?? null })),
       now,
-      { observedSince: this.startedAt, fence, skipLocked },
+      { observedSince: this.startedAt, fence, skipLocked, lockTimeoutMs },
     );
     const tracked = this.absorb(outcomes, now);
     // the node that settles these chats on the clock hears of new and changed ones, in one message
@@ -391,12 +398,14 @@ export class Ticker {
   }
 
   /**
-   * Waits for the next slot due after the last one run. When a slot overran and
-   * later slots fell due meanwhile, their buckets are settled together in one
+   * Waits for the next slot due after the last one run. A slot waiting on the database
+   * doesn't hold the next one back: up to SLOTS_IN_FLIGHT settle at once, on different
+   * buckets (a chat whose rows the other holds is retried once it has committed). When
+   * slots fell due meanwhile all the same, their buckets are settled together in one
    * batch: no bucket is ever skipped, so every chat is settled at least once a tick.
    */
   private schedule(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.timer !== null || this.slots.size >= SLOTS_IN_FLIGHT) return;
     const now = this.d.clock.now();
     const due = this.origin + this.nextSlot * this.sliceMs;
     this.timer = this.d.clock.setTimeout(() => {
@@ -404,15 +413,19 @@ export class Ticker {
       const woke = this.d.clock.now();
       this.d.metrics.observeLag?.(Math.max(0, woke - due) / 1000);
       const current = Math.floor((woke - this.origin) / this.sliceMs);
-      // at most one whole tick of buckets at once: every bucket once
+      // at most one whole tick of buckets at once: every bucket once; one still settling is left to that slot
       const first = Math.max(this.nextSlot, current - this.buckets + 1);
       const buckets = new Set<number>();
-      for (let slot = first; slot <= current; slot++) buckets.add(slot % this.buckets);
+      for (let slot = first; slot <= current; slot++) if (!this.bucketsInFlight.has(slot % this.buckets)) buckets.add(slot % this.buckets);
       this.nextSlot = current + 1;
-      this.running = this.runSlot(buckets).finally(() => {
-        this.running = null;
+      for (const b of buckets) this.bucketsInFlight.add(b);
+      const slot: Promise<void> = this.runSlot(buckets).finally(() => {
+        for (const b of buckets) this.bucketsInFlight.delete(b);
+        this.slots.delete(slot);
         this.schedule();
       });
+      this.slots.add(slot);
+      this.schedule();
     }, Math.max(0, due - now));
   }
 
@@ -453,6 +466,17 @@ export class Ticker {
     for (const [part, fence] of [[owned, claimed.fence], [others, null]] as const) {
       if (!part.length) continue;
       const { outcomes, failures } = await this.settleMany(part, fence, true);
+      // rows held by a transaction that commits soon (the other slot in flight, a command): wait for
+      // them once, a slice at most; a row held longer is tried again next tick
+      const busy = part.filter((id) => {
+        const o = outcomes.get(id);
+        return o && !o.ok && o.error instanceof BusyError;
+      });
+      if (busy.length) {
+        const again = await this.settleMany(busy, fence, false, this.sliceMs);
+        for (const [id, o] of again.outcomes) outcomes.set(id, o);
+        for (const [id, err] of again.failures) if (!lockTimedOut(err)) failures.set(id, err);
+      }
       for (const id of part) {
         const o = outcomes.get(id);
         const failedAlone = o ? !o.ok && o.error.code === 'internal' : failures.has(id) && refusedForData(failures.get(id));
@@ -500,13 +524,20 @@ export class Ticker {
     ids: string[],
     fence: Fence | null = null,
     skipLocked = false,
+    lockTimeoutMs?: number,
   ): Promise<{ outcomes: Map<string, SettleOutcome>; failures: Map<string, unknown> }> {
     const outcomes = new Map<string, SettleOutcome>();
     const failures = new Map<string, unknown>();
     const run = async (part: string[]): Promise<void> => {
       try {
-        for (const o of await this.settleNow(part.map((chatId) => ({ chatId })), fence, skipLocked)) outcomes.set(o.chatId, o);
+        for (const o of await this.settleNow(part.map((chatId) => ({ chatId })), fence, skipLocked, lockTimeoutMs)) outcomes.set(o.chatId, o);
       } catch (err) {
+        if (lockTimedOut(err)) {
+          // still held: as busy as a skipped row, and tried again next tick
+          for (const id of part) failures.set(id, err);
+          this.d.metrics.busy?.(part.length);
+          return;
+        }
         if (part.length > 1 && refusedForData(err)) {
           const half = Math.ceil(part.length / 2);
           await run(part.slice(0, half));
@@ -531,6 +562,9 @@ interface QueuedCommand {
   reject: (e: unknown) => void;
 }
 
+/** Slots that may settle at once: while one waits on the database the next starts on time. */
+const SLOTS_IN_FLIGHT = 2;
+
 /** However idle a chat, the schedule settles it at least this often (balances moved by other chats, other nodes). */
 const IDLE_RESETTLE_MS = 30_000;
 
@@ -541,8 +575,17 @@ function alone(): Cluster {
   return cluster;
 }
 
+/** True when a lock wait ran past `lock_timeout` (SQLSTATE 55P03). */
+function lockTimedOut(err: unknown): boolean {
+  return sqlState(err) === '55P03';
+}
+
+function sqlState(err: unknown): unknown {
+  return (err as { driverError?: { code?: unknown }; code?: unknown } | null)?.driverError?.code ?? (err as { code?: unknown } | null)?.code;
+}
+
 /** True when Postgres refused the statement for its data (SQLSTATE class 22 or 23), not its availability. */
 function refusedForData(err: unknown): boolean {
-  const code = (err as { driverError?: { code?: unknown }; code?: unknown } | null)?.driverError?.code ?? (err as { code?: unknown } | null)?.code;
+  const code = sqlState(err);
   return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'));
 }
