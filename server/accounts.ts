@@ -7,6 +7,7 @@ import type { DataSource } from 'typeorm';
 import type { ChatView } from '../client-sdk/src/protocol.js';
 import { ConflictError, NotFoundError } from './errors.js';
 import { type LedgerEntryView, type LedgerRow, toLedgerView } from './metering/settlement.js';
+import { batchedReads } from './batched-reads.js';
 import { formatAmount, parseAmount } from './money.js';
 
 /** A user as the API shows it. */
@@ -40,6 +41,15 @@ interface ChatRow {
 
 /** Creates and reads users, advisors and chats. */
 export class Accounts {
+  private readonly chatsTracking = batchedReads(async (ids) => {
+    const rows: Array<ChatRow & { tracked: boolean }> = await this.ds.query(
+      `SELECT c.*, EXISTS (SELECT 1 FROM conversation_time_records r WHERE r.chat_id = c.id) AS tracked
+         FROM chats c WHERE c.id = ANY($1::text[])`,
+      [ids],
+    );
+    return new Map(rows.map((r) => [r.id, { chat: toChatView(r), tracked: r.tracked }]));
+  });
+
   constructor(
     private readonly ds: DataSource,
     private readonly defaults: { freeTimeSeconds: number },
@@ -155,14 +165,14 @@ export class Accounts {
     return rows.map((r) => r.id);
   }
 
-  /** The chat and whether its time record exists yet, in one read, or NotFoundError. */
+  /**
+   * The chat and whether its time record exists yet, or NotFoundError: one statement
+   * for every chat asked for in the same turn of the event loop (a join's first read).
+   */
   async getChatTracking(id: string): Promise<{ chat: ChatView; tracked: boolean }> {
-    const rows: Array<ChatRow & { tracked: boolean }> = await this.ds.query(
-      `SELECT c.*, EXISTS (SELECT 1 FROM conversation_time_records r WHERE r.chat_id = c.id) AS tracked FROM chats c WHERE c.id = $1`,
-      [id],
-    );
-    if (!rows[0]) throw new NotFoundError(`chat ${id} does not exist`);
-    return { chat: toChatView(rows[0]), tracked: rows[0].tracked };
+    const found = await this.chatsTracking.load(id);
+    if (!found) throw new NotFoundError(`chat ${id} does not exist`);
+    return found;
   }
 
   /** The chat, or NotFoundError. */

@@ -11,6 +11,7 @@ import { ErrorCode, type MeterSnapshot } from '../../client-sdk/src/protocol.js'
 import type { Fence } from '../cluster/cluster.js';
 import { shardOf } from '../cluster/shards.js';
 import { BadRequestError, BusyError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
+import { batchedReads } from '../batched-reads.js';
 import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
   type AllowanceRow,
@@ -328,23 +329,29 @@ export class SettlementService {
 
   /** A chat's current snapshot without settling (for acks and polling); seq is the latest pushed. */
   async readMeter(chatId: string, presence: PresenceSpan | null, now: number): Promise<MeterSnapshot | null> {
-    const rows: Array<RecordRow & Pick<ChatRow, 'status' | 'paused' | 'started_at'> & AllowanceRow & { balance: string }> =
-      await this.ds.query(
-        `SELECT r.*, c.status, c.paused, c.started_at, u.balance, f.allocation_seconds, f.used_seconds
-           FROM conversation_time_records r
-           JOIN chats c ON c.id = r.chat_id
-           JOIN users u ON u.id = r.user_id
-           JOIN free_time_allowances f ON f.user_id = r.user_id AND f.advisor_id = r.advisor_id
-          WHERE r.chat_id = $1`,
-        [chatId],
-      );
-    const row = rows[0];
+    const row = await this.meterRows.load(chatId);
     if (!row) return null;
     const meter = toMeter({ ...row, id: row.chat_id }, row);
     meter.meterState = meterState(meter, presence, now);
     return buildSnapshot(row.id, meter, toAllowance(row), parseAmount(row.balance), parseAmount(row.rate_per_minute), Number(row.meter_seq), now);
   }
+
+  /** What a snapshot is made of, for every chat asked for in one turn of the event loop (second tabs joining). */
+  private readonly meterRows = batchedReads(async (chatIds) => {
+    const rows: MeterRow[] = await this.ds.query(
+      `SELECT r.*, c.status, c.paused, c.started_at, u.balance, f.allocation_seconds, f.used_seconds
+         FROM conversation_time_records r
+         JOIN chats c ON c.id = r.chat_id
+         JOIN users u ON u.id = r.user_id
+         JOIN free_time_allowances f ON f.user_id = r.user_id AND f.advisor_id = r.advisor_id
+        WHERE r.chat_id = ANY($1::text[])`,
+      [chatIds],
+    );
+    return new Map(rows.map((r) => [r.chat_id, r]));
+  });
 }
+
+type MeterRow = RecordRow & Pick<ChatRow, 'status' | 'paused' | 'started_at'> & AllowanceRow & { balance: string };
 
 /** The write of each table, reading its rows from `w.j` (see `write`). */
 const WRITES = {
