@@ -398,11 +398,10 @@ export class Ticker {
   }
 
   /**
-   * Waits for the next slot due after the last one run. A slot waiting on the database
-   * doesn't hold the next one back: up to SLOTS_IN_FLIGHT settle at once, on different
-   * buckets (a chat whose rows the other holds is retried once it has committed). When
-   * slots fell due meanwhile all the same, their buckets are settled together in one
-   * batch: no bucket is ever skipped, so every chat is settled at least once a tick.
+   * Waits for the next slot due after the last one run; up to SLOTS_IN_FLIGHT settle at
+   * once, on different buckets. When slots fell due meanwhile, their buckets are settled
+   * together in one batch: no bucket is ever skipped, so every chat is settled at least
+   * once a tick.
    */
   private schedule(): void {
     if (this.stopped || this.timer !== null || this.slots.size >= SLOTS_IN_FLIGHT) return;
@@ -562,8 +561,13 @@ interface QueuedCommand {
   reject: (e: unknown) => void;
 }
 
-/** Slots that may settle at once: while one waits on the database the next starts on time. */
-const SLOTS_IN_FLIGHT = 2;
+/**
+ * Slots that may settle at once. Two keep slot starts on time while one waits on the
+ * database, but cost a third more CPU per meter in the load bench (interleaved
+ * transactions find each other's rows busy) and slowed a connect storm from 373 to
+ * 265 connects/s: one, until the settlement is cheaper (docs/BENCHMARKS.md).
+ */
+const SLOTS_IN_FLIGHT = 1;
 
 /** However idle a chat, the schedule settles it at least this often (balances moved by other chats, other nodes). */
 const IDLE_RESETTLE_MS = 30_000;
