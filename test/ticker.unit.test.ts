@@ -243,13 +243,14 @@ describe('ticker: idle chats (fake clock)', () => {
     return { engine: engine as unknown as SettlementService, settled, presence, clock };
   }
 
-  it('with presence shared by nodes, settles an away chat at its deadline or when its user comes back, not on every tick', async () => {
+  /** A ticker over chats a and b (one bucket, 1 s ticks) on the away engine and a fresh fake clock. */
+  function idleTicker(sharedPresence: boolean) {
     const clock = FakeTimers.createClock(1_000_000);
     const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
     const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
     const { engine, settled } = awayEngine(clock, presence);
     const ticker = new Ticker({
-      sharedPresence: true,
+      sharedPresence,
       clock: asClock,
       engine,
       presence,
@@ -260,6 +261,11 @@ describe('ticker: idle chats (fake clock)', () => {
       tickMs: 1000,
       buckets: 1,
     });
+    return { clock, presence, settled, ticker };
+  }
+
+  it('with presence shared by nodes, settles an away chat at its deadline or when its user comes back, not on every tick', async () => {
+    const { clock, presence, settled, ticker } = idleTicker(true);
     await ticker.start();
     await clock.tickAsync(9_000);
     // settled at the first tick, then only at the 5 s deadline: not nine times each
@@ -278,27 +284,13 @@ describe('ticker: idle chats (fake clock)', () => {
   });
 
   it('with presence on this node alone, looks nothing up for an away chat: a return settles it at once', async () => {
-    const clock = FakeTimers.createClock(1_000_000);
-    const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
-    const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
-    const { engine, settled } = awayEngine(clock, presence);
+    const { clock, presence, settled, ticker } = idleTicker(false);
     let lookups = 0;
     const spans = presence.spans.bind(presence);
     presence.spans = (ids: string[]) => {
       lookups += ids.length;
       return spans(ids);
     };
-    const ticker = new Ticker({
-      clock: asClock,
-      engine,
-      presence,
-      log: pino({ level: 'silent' }),
-      metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
-      publish: () => {},
-      loadActiveChatIds: async () => ['a', 'b'],
-      tickMs: 1000,
-      buckets: 1,
-    });
     await ticker.start();
     await clock.tickAsync(4_000);
     expect(settled.map((s) => s.at)).to.deep.equal([1000, 1000]);

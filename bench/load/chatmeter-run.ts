@@ -8,13 +8,13 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { MeterSnapshot } from '../../client-sdk/src/protocol.js';
 import { Tokens } from '../../server/tokens.js';
+import { freePort } from '../../test/support/ports.js';
 import { throwawayDatabase } from '../throwaway-db.js';
 import type { LoadConfig } from './config.js';
 import { type LoadPlan, type SetupResult, planOf, setUpOverHttp } from './http-setup.js';
@@ -55,18 +55,6 @@ interface NodeProc {
   url: string;
   exited: Promise<number | null>;
   log: { warnings: number; errors: number; last: string[] };
-}
-
-/** A free TCP port on loopback. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
 }
 
 /** Spawns `server/main.ts` with `env`; resolves once `/readyz` answers 200. */
