@@ -159,6 +159,15 @@ export class Accounts {
     return { items, nextCursor: rows.length > limit ? items[items.length - 1]!.id : null };
   }
 
+  /** The advisor's pending and active chats, oldest first. */
+  async openChatsOfAdvisor(advisorId: string): Promise<ChatView[]> {
+    const rows: ChatRow[] = await this.ds.query(
+      `SELECT * FROM chats WHERE advisor_id = $1 AND status <> 'ended' ORDER BY created_at, id`,
+      [advisorId],
+    );
+    return rows.map(toChatView);
+  }
+
   /** Ids of the user's active chats. */
   async activeChatIds(userId: string): Promise<string[]> {
     const rows: Array<{ id: string }> = await this.ds.query(`SELECT id FROM chats WHERE user_id = $1 AND status = 'active' ORDER BY id`, [userId]);

@@ -230,6 +230,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       clock,
       log,
       notifyBalance: (userId, balance) => io.to(`user:${userId}`).emit('balance', { userId, balance }),
+      notifyChatCreated: (chat) => io.to(`advisor:${chat.advisorId}`).emit('chat:created', { chat }),
     }),
   );
   app.use((_req, res) => {

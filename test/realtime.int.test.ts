@@ -416,6 +416,71 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
     });
   });
 
+  describe('the order of refusals (not_found, then forbidden, then conflict)', () => {
+    it('answers a heartbeat or leave of a chat not joined by what is wrong first', async () => {
+      const g = await given();
+      await given({ chatId: 'theirs', userId: 'u2', advisorId: 'a2' });
+      const user = await node.connect(g.userId, 'user');
+      const advisor = await node.connect(g.advisorId, 'advisor');
+      const code = async (s: ClientSocket, event: string, chatId: string) => (await call(s, event, { chatId })).error?.code;
+      for (const event of ['heartbeat', 'chat:leave']) {
+        expect(await code(user, event, 'nope'), `${event} of an unknown chat`).to.equal('not_found');
+        expect(await code(user, event, 'theirs'), `${event} of another user's chat`).to.equal('forbidden');
+        expect(await code(user, event, g.chatId), `${event} of an own chat not joined`).to.equal('conflict');
+      }
+      expect(await code(advisor, 'heartbeat', 'nope')).to.equal('not_found');
+      expect(await code(advisor, 'heartbeat', g.chatId), 'an advisor never heartbeats').to.equal('forbidden');
+      expect((await call(advisor, 'chat:join', { chatId: g.chatId })).ok).to.equal(true);
+      expect(await code(advisor, 'heartbeat', g.chatId), 'joined or not').to.equal('forbidden');
+      // commands: an unknown chat is not_found even for a user, who may not start chats
+      expect(await code(user, 'chat:start', 'nope')).to.equal('not_found');
+      expect(await code(user, 'chat:start', g.chatId)).to.equal('forbidden');
+      expect(await code(advisor, 'chat:start', 'theirs')).to.equal('forbidden');
+    });
+  });
+
+  describe('dashboard', () => {
+    it('lists the advisor\'s pending and active chats with their meters, oldest first, and refuses a user', async () => {
+      const g = await given({ chatId: 'c1', free: 0, balance: '100' });
+      await given({ chatId: 'c2', userId: 'u2' });
+      await given({ chatId: 'c3', userId: 'u3' });
+      await given({ chatId: 'other', userId: 'u4', advisorId: 'a2' });
+      await node.api('POST', '/v1/chats/c1/start');
+      await node.api('POST', '/v1/chats/c3/end');
+      const advisor = await node.connect(g.advisorId, 'advisor');
+      const listed = await call(advisor, 'advisor:chats', {});
+      expect(listed.ok, JSON.stringify(listed)).to.equal(true);
+      expect(listed.chats.map((c: any) => [c.chat.id, c.chat.status, c.meter?.state ?? null])).to.deep.equal([
+        ['c1', 'active', 'away'],
+        ['c2', 'pending', null],
+      ]);
+      expect(Object.keys(listed.chats[0].meter).sort()).to.deep.equal(SNAPSHOT_KEYS);
+      // no payload at all is the same; anything else is bad_request
+      expect((await call(advisor, 'advisor:chats')).chats).to.have.length(2);
+      expect((await call(advisor, 'advisor:chats', { chatId: 'c1' })).error.code).to.equal('bad_request');
+      const user = await node.connect(g.userId, 'user');
+      expect((await call(user, 'advisor:chats', {})).error.code).to.equal('forbidden');
+    });
+
+    it('pushes chat:created to the advisor\'s sockets once, not on a repeated create, and not to others', async () => {
+      await given({ chatId: 'seed' });
+      const advisor = await node.connect('a1', 'advisor');
+      const otherAdvisor = await node.connect('a2', 'advisor');
+      const user = await node.connect('u1', 'user');
+      const created = collect(advisor, 'chat:created');
+      const elsewhere = [...collect(otherAdvisor, 'chat:created'), ...collect(user, 'chat:created')];
+      expect((await node.api('POST', '/v1/chats', { id: 'fresh', userId: 'u1', advisorId: 'a1' })).status).to.equal(201);
+      await eventually(async () => created.length === 1, 3000);
+      expect(created[0].chat).to.include({ id: 'fresh', userId: 'u1', advisorId: 'a1', status: 'pending' });
+      expect((await node.api('POST', '/v1/chats', { id: 'fresh', userId: 'u1', advisorId: 'a1' })).status).to.equal(200);
+      // the next push proves the repeat sent none
+      await node.api('POST', '/v1/chats', { id: 'fresh2', userId: 'u1', advisorId: 'a1' });
+      await eventually(async () => created.length === 2, 3000);
+      expect(created.map((c) => c.chat.id)).to.deep.equal(['fresh', 'fresh2']);
+      expect(elsewhere).to.deep.equal([]);
+    });
+  });
+
   describe('advisor commands', () => {
     it('pause stops the meter and resume restarts it; ends are pushed to the pair and the advisor', async () => {
       const r = await running({ free: 0, balance: '100' });

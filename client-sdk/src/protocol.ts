@@ -134,6 +134,14 @@ export interface ClientToServerEvents {
   'chat:resume': (p: ChatRef, ack?: (a: Ack<{ chat: ChatView; meter: MeterSnapshot }>) => void) => void;
   /** User or advisor: end the chat. */
   'chat:end': (p: ChatRef, ack?: (a: Ack<{ chat: ChatView; meter: MeterSnapshot }>) => void) => void;
+  /** Advisor: every pending and active chat of this advisor, oldest first; `meter` is null before a chat's time record exists. */
+  'advisor:chats': (p: Record<string, never>, ack?: (a: Ack<{ chats: ChatWithMeter[] }>) => void) => void;
+}
+
+/** A chat with its meter (null while the chat has no time record). */
+export interface ChatWithMeter {
+  chat: ChatView;
+  meter: MeterSnapshot | null;
 }
 
 /** Events the server pushes. */
@@ -146,4 +154,6 @@ export interface ServerToClientEvents {
   'balance:low': (p: { userId: string; balance: Amount; secondsAffordable: number | null }) => void;
   /** The balance changed for a reason other than a meter tick (top-up, refund). */
   balance: (p: { userId: string; balance: Amount }) => void;
+  /** To the advisor's sockets: a chat with this advisor was created (once, not on a repeated no-op create). */
+  'chat:created': (p: { chat: ChatView }) => void;
 }

@@ -6,7 +6,7 @@
 import { timingSafeEqual, createHash } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
-import { ErrorCode } from '../../client-sdk/src/protocol.js';
+import { type ChatView, ErrorCode } from '../../client-sdk/src/protocol.js';
 import { type Accounts, OPENING_BALANCE_KEY } from '../accounts.js';
 import type { Clock } from '../clock.js';
 import { BadRequestError, DomainError, NotFoundError } from '../errors.js';
@@ -43,6 +43,8 @@ export interface ApiDeps {
   log: Logger;
   /** Tells the user's sockets about a balance change not caused by a tick. */
   notifyBalance: (userId: string, balance: string) => void;
+  /** Tells the advisor's sockets (their dashboards) about a chat just created. */
+  notifyChatCreated: (chat: ChatView) => void;
 }
 
 const UserBody = z.object({ name: z.string().max(200).optional(), balance: AmountString.optional() });
@@ -140,6 +142,7 @@ export function apiRouter(d: ApiDeps): Router {
   r.post('/chats', async (req, res) => {
     const body = parse(ChatBody, req.body);
     const { chat, created } = await d.accounts.createChat(body);
+    if (created) d.notifyChatCreated(chat);
     res.status(created ? 201 : 200).json(chat);
   });
 

@@ -94,6 +94,16 @@ export class MeterService {
     if (chatIds.length) await this.ticker.settleNow(chatIds.map((chatId) => ({ chatId, refresh: true })));
   }
 
+  /** The advisor's pending and active chats with their meters (null before a chat's time record exists), for a dashboard. */
+  async advisorChats(advisorId: string): Promise<Array<{ chat: ChatView; meter: MeterSnapshot | null }>> {
+    const chats = await this.accounts.openChatsOfAdvisor(advisorId);
+    const now = this.clock.now();
+    const spans = await this.presence.spans(chats.map((c) => c.id), now);
+    // one read for all of them (the engine gathers the meter reads of one turn)
+    const meters = await Promise.all(chats.map((c) => this.engine.readMeter(c.id, spans.get(c.id) ?? null, now)));
+    return chats.map((chat, i) => ({ chat, meter: meters[i]! }));
+  }
+
   /** The chat's meter without settling; null before its time record exists. */
   async meter(chatId: string): Promise<MeterSnapshot | null> {
     const now = this.clock.now();

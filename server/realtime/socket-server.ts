@@ -10,7 +10,7 @@
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { RedisClientType } from 'redis';
 import type { Server, Socket } from 'socket.io';
-import type { z } from 'zod';
+import { z } from 'zod';
 import {
   type ChatView,
   type ClientToServerEvents,
@@ -65,6 +65,9 @@ export interface RealtimeDeps {
   /** True while the node shuts down: disconnects then settle nothing (the node settled already). */
   isClosing: () => boolean;
 }
+
+/** An event without a payload: `{}`, or nothing (null, as a missing argument arrives). */
+const NoPayload = z.object({}).strict().nullish();
 
 // ids may contain ':' but never '/': `pair:a:b/c` can't be two pairs
 const pairRoom = (userId: string, advisorId: string) => `pair:${userId}/${advisorId}`;
@@ -181,6 +184,18 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     if (!mine) throw new ForbiddenError(`chat ${chat.id} is not yours`);
   };
 
+  /**
+   * Refuses an event about a chat this socket hasn't joined in SPEC 2's order: an
+   * unknown chat is not_found, another's (or one `allowed` refuses) forbidden, and
+   * only then the chat not joined a conflict. Reads the chat: only on this error path.
+   */
+  const refuseUnjoined = async (socket: ChatSocket, chatId: string, conflict: string, allowed?: () => void): Promise<never> => {
+    const { chat } = await d.accounts.getChatTracking(chatId);
+    member(socket, chat);
+    allowed?.();
+    throw new ConflictError(conflict);
+  };
+
   /** A command of the chat's advisor (`end`: of either member), refused in SPEC 2's order: not_found, forbidden, conflict. */
   const command = (socket: ChatSocket, chatId: string, cmd: Command, advisorOnly = true) =>
     d.meters.command(chatId, cmd, (chat) => {
@@ -231,8 +246,11 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     [
       'heartbeat',
       handler('heartbeat', ChatRefSchema, async (socket, { chatId }) => {
-        if (socket.data.principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
-        if (!socket.data.chats.has(chatId)) throw new ConflictError(`join chat ${chatId} before sending heartbeats`);
+        const userOnly = () => {
+          if (socket.data.principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
+        };
+        if (!socket.data.chats.has(chatId)) await refuseUnjoined(socket, chatId, `join chat ${chatId} before sending heartbeats`, userOnly);
+        userOnly();
         await d.meters.settleLapsedPresence(chatId);
         const now = d.clock.now();
         const restarted = await d.presence.heartbeat(chatId, socket.id, now);
@@ -243,7 +261,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     [
       'chat:leave',
       handler('chat:leave', ChatRefSchema, async (socket, { chatId }) => {
-        if (!socket.data.chats.has(chatId)) throw new ConflictError(`chat ${chatId} was not joined`);
+        if (!socket.data.chats.has(chatId)) await refuseUnjoined(socket, chatId, `chat ${chatId} was not joined`);
         await leaveChat(socket, chatId);
         return {};
       }),
@@ -256,6 +274,14 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       handler('chat:end', ChatRefSchema, (socket, { chatId }) =>
         command(socket, chatId, { kind: 'end', reason: socket.data.principal.role === 'user' ? 'ended_by_user' : 'ended_by_advisor' }, false),
       ),
+    ],
+    [
+      'advisor:chats',
+      handler('advisor:chats', NoPayload, async (socket) => {
+        const { principal } = socket.data;
+        if (principal.role !== 'advisor') throw new ForbiddenError('only an advisor lists their chats');
+        return { chats: await d.meters.advisorChats(principal.sub) };
+      }),
     ],
   ];
   const handled = new Set<string>(listeners.map(([event]) => event));
