@@ -62,4 +62,33 @@ describe('a chat whose rows are held elsewhere (real Postgres)', function () {
     expect(ended.status).to.equal(200);
     expect(r.duration).to.be.within(Math.floor(r.span) - 1, Math.floor(r.span));
   });
+
+  it('lets commands of other chats through while one command waits for rows held elsewhere', async () => {
+    node = await startNode(db, { REDIS_URL: '' });
+    await node.api('PUT', '/v1/advisors/a1', { ratePerMinute: '6', freeSeconds: 0 });
+    for (const id of ['3', '4']) {
+      await node.api('PUT', `/v1/users/u${id}`, { balance: '100' });
+      await node.api('POST', '/v1/chats', { id: `c${id}`, userId: `u${id}`, advisorId: 'a1' });
+    }
+    const holder = new pg.Client({ connectionString: db.url! });
+    await holder.connect();
+    await holder.query('BEGIN');
+    await holder.query(`SELECT * FROM users WHERE id = 'u3' FOR NO KEY UPDATE`);
+    let heldDone = false;
+    const held = node.api('POST', '/v1/chats/c3/start').then((r) => {
+      heldDone = true;
+      return r;
+    });
+    try {
+      // c4's start, sent after c3's, is answered while c3's still waits
+      const other = await node.api('POST', '/v1/chats/c4/start');
+      expect([other.status, other.body.chat?.status], JSON.stringify(other.body)).to.deep.equal([200, 'active']);
+      expect(heldDone, 'c3 waits for its user row').to.equal(false);
+    } finally {
+      await holder.query('COMMIT');
+      await holder.end();
+    }
+    const first = await held;
+    expect([first.status, first.body.chat?.status], JSON.stringify(first.body)).to.deep.equal([200, 'active']);
+  });
 });

@@ -308,4 +308,52 @@ describe('ticker: idle chats (fake clock)', () => {
     await clock.tickAsync(1000);
     await stopping;
   });
+
+  it('does not idle a chat on a tick that read presence before a return settled it meanwhile', async () => {
+    // found by review: on one node an away chat is woken only by its user's return, so a stale
+    // "away" from a slow tick must not put it back to sleep
+    const clock = FakeTimers.createClock(1_000_000);
+    const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
+    const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
+    const settled: Array<{ at: number; id: string; state: string }> = [];
+    const engine = {
+      async settleBatch(items: SettleItem[], now: number): Promise<SettleOutcome[]> {
+        // the tick's batch (a and b) takes 50 ms in the database; a lone presence change is quick
+        if (items.length > 1) await new Promise((r) => clock.setTimeout(r, 50));
+        return items.map(({ chatId, presence: span }) => {
+          const running = span !== null && span.since <= now && now < span.until;
+          settled.push({ at: now - 1_000_000, id: chatId, state: running ? 'running' : 'away' });
+          const meter = { chatId, state: running ? 'running' : 'away' };
+          return { chatId, ok: true, meter, push: true, ended: null, lowBalance: false, charge: 0n, wakeAt: running ? null : now + 120_000 } as unknown as SettleOutcome;
+        });
+      },
+    };
+    const ticker = new Ticker({
+      clock: asClock,
+      engine: engine as unknown as SettlementService,
+      presence,
+      log: pino({ level: 'silent' }),
+      metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
+      publish: () => {},
+      loadActiveChatIds: async () => ['a', 'b'],
+      tickMs: 1000,
+      buckets: 1,
+    });
+    await ticker.start();
+    await clock.tickAsync(1010); // the tick of 1 s has read b's presence (absent) and waits on the database
+    await presence.join('b', 'tab', clock.now);
+    const soon = ticker.settleSoon('b');
+    await clock.tickAsync(5);
+    expect((await soon)?.ok).to.equal(true);
+    await clock.tickAsync(9000);
+    await presence.heartbeat('b', 'tab', clock.now);
+    await clock.tickAsync(5000);
+    // b runs and is settled on every tick from the one after the stale "away"
+    const b = settled.filter((s) => s.id === 'b' && s.at > 1010);
+    expect(b.length, b.map((s) => `${s.at}:${s.state}`).join(' ')).to.be.at.least(14);
+    expect(b.slice(2).every((s) => s.state === 'running')).to.equal(true);
+    const stopping = ticker.stop();
+    await clock.tickAsync(1000);
+    await stopping;
+  });
 });

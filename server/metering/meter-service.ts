@@ -70,8 +70,19 @@ export class MeterService {
    * stops or starts at that moment and its new state goes out at once.
    */
   async presenceChanged(chatId: string): Promise<MeterSnapshot | null> {
-    const outcome = await this.ticker.settleSoon(chatId);
-    return outcome?.ok ? outcome.meter : null;
+    // if this settlement fails, the next tick settles the chat with the presence of then, however idle it was
+    const retry = () => {
+      if (this.ticker.tracks(chatId)) this.ticker.wake([chatId]);
+    };
+    try {
+      const outcome = await this.ticker.settleSoon(chatId);
+      if (outcome?.ok) return outcome.meter;
+    } catch (err) {
+      retry();
+      throw err;
+    }
+    retry();
+    return null;
   }
 
   /**

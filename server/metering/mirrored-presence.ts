@@ -126,8 +126,8 @@ export class MirroredPresence implements PresenceStore {
     if (!this.degraded) this.shared.forget(chatId);
   }
 
-  async release(chatId: string): Promise<void> {
-    await this.local.release(chatId);
-    if (!this.degraded) await this.shared.release(chatId);
+  async release(chatId: string, asOf: number): Promise<void> {
+    await this.local.release(chatId, asOf);
+    if (!this.degraded) await this.shared.release(chatId, asOf);
   }
 }

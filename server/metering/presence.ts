@@ -20,10 +20,13 @@ export interface PresenceStore {
   /** Drops everything known of an ended chat. */
   forget(chatId: string): void;
   /**
-   * Drops a chat's presence once no socket of it is joined: a pending chat everyone
-   * left has nothing to bill, and would otherwise be remembered until it ends.
+   * Drops a chat's presence if no socket of it is joined and nobody joined or
+   * heartbeat after `asOf` (the instant a settlement found the chat pending): a
+   * pending chat everyone left has nothing to bill, and would otherwise be
+   * remembered until it ends. Presence newer than `asOf` is kept, in case the chat
+   * started meanwhile.
    */
-  release(chatId: string): Promise<void>;
+  release(chatId: string, asOf: number): Promise<void>;
 }
 
 /** How long a heartbeat keeps a socket present: interval plus grace. */
@@ -110,8 +113,9 @@ export class LocalPresence implements PresenceStore {
     this.chats.delete(chatId);
   }
 
-  async release(chatId: string): Promise<void> {
-    if (this.chats.get(chatId)?.sockets.size === 0) this.chats.delete(chatId);
+  async release(chatId: string, asOf: number): Promise<void> {
+    const p = this.chats.get(chatId);
+    if (p && p.sockets.size === 0 && p.lastHeartbeatAt <= asOf) this.chats.delete(chatId);
   }
 
   /** True while a socket of this store keeps the user present in the chat at `now`. */

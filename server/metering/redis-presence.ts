@@ -80,10 +80,13 @@ return 0
 `;
 
 /** Presence in Redis, shared by every node. */
-// KEYS[1] chat hash: deleted when no socket field is left in it
+// KEYS[1] chat hash, ARGV[1] as of (epoch ms): deleted when no socket field is left in it and its
+// latest join or heartbeat ('hb') is not after ARGV[1]
 const RELEASE = `
-for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(k, 1, 2) == 's:' then return 0 end
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, 2) == 's:' then return 0 end
+  if h[i] == 'hb' and tonumber(h[i + 1]) > tonumber(ARGV[1]) then return 0 end
 end
 return redis.call('DEL', KEYS[1])
 `;
@@ -175,8 +178,8 @@ export class RedisPresence implements PresenceStore {
     this.redis.del(this.key(chatId)).catch(() => undefined);
   }
 
-  async release(chatId: string): Promise<void> {
-    await this.redis.eval(RELEASE, { keys: [this.key(chatId)], arguments: [] });
+  async release(chatId: string, asOf: number): Promise<void> {
+    await this.redis.eval(RELEASE, { keys: [this.key(chatId)], arguments: [String(asOf)] });
   }
 
   private toSpan(h: Record<string, string>): PresenceSpan | null {

@@ -93,6 +93,8 @@ export class Ticker {
   private readonly inflight = new Set<Promise<SettleOutcome[]>>();
   private commandTimer: unknown = null;
   private commandFlush: Promise<void> | null = null;
+  /** Chats whose command waits for rows held elsewhere, outside the queue. */
+  private readonly waitingCommands = new Set<string>();
   private stopped = true;
   private readonly cluster: Cluster;
   /** Chats that failed on their own (bad data), and when the schedule tries them again. */
@@ -103,6 +105,8 @@ export class Ticker {
    * or every IDLE_RESETTLE_MS as a safety net.
    */
   private readonly idle = new Map<string, { state: 'away' | 'paused'; wakeAt: number; settledAt: number }>();
+  /** The `now` of each tracked chat's latest absorbed settlement: an older one arriving later is stale. */
+  private readonly absorbedAt = new Map<string, number>();
   private rescanTimer: unknown = null;
   private rescanning: Promise<void> | null = null;
   /** Chats tracked while a rescan was reading: kept whatever the rescan read. */
@@ -174,7 +178,12 @@ export class Ticker {
     while (this.soonFlush || this.soon.size) await (this.soonFlush ?? this.flushSoon());
     if (this.commandTimer !== null) this.d.clock.clearTimeout(this.commandTimer);
     this.commandTimer = null;
-    while (this.commandFlush || this.commands.length) await (this.commandFlush ?? this.flushCommands());
+    for (;;) {
+      if (this.commandFlush) await this.commandFlush;
+      else if (this.commands.some((c) => !this.waitingCommands.has(c.chatId))) await this.flushCommands();
+      else if (this.commands.length) await Promise.allSettled([...this.inflight]); // behind a command waiting for rows
+      else break;
+    }
     await this.settled();
   }
 
@@ -215,6 +224,7 @@ export class Ticker {
   /** Stops metering this chat. */
   untrack(chatId: string): void {
     this.removeChat(chatId);
+    this.absorbedAt.delete(chatId);
     this.failing.delete(chatId);
     this.idle.delete(chatId);
     this.d.metrics.activeChatsCount(this.chats.size);
@@ -281,8 +291,9 @@ export class Ticker {
   /**
    * Applies a command, in one transaction with the other commands asked for meanwhile
    * (one per chat a batch: a chat's next command waits for the next). A batch that
-   * fails is retried one command at a time, so one chat's failure stays its own.
-   * Resolves with the chat's outcome.
+   * fails is retried one command at a time, so one chat's failure stays its own; a
+   * command whose rows are held elsewhere waits for them alone. Resolves with the
+   * chat's outcome.
    */
   settleCommand(chatId: string, command: Command): Promise<SettleOutcome | undefined> {
     if (this.stopped) return this.settleNow([{ chatId, command }]).then((o) => o[0]);
@@ -298,16 +309,35 @@ export class Ticker {
     const rest: QueuedCommand[] = [];
     const chats = new Set<string>();
     for (const c of this.commands) {
-      if (chats.has(c.chatId)) rest.push(c);
+      // a chat's next command also waits while its previous one waits for rows held elsewhere
+      if (chats.has(c.chatId) || this.waitingCommands.has(c.chatId)) rest.push(c);
       else {
         chats.add(c.chatId);
         batch.push(c);
       }
     }
     this.commands = rest;
+    // every chat asked for waits behind a command of its own: the one waiting reschedules the queue
+    if (!batch.length) return Promise.resolve();
     const settle = async (part: QueuedCommand[]) => {
-      const outcomes = new Map((await this.settleNow(part.map(({ chatId, command }) => ({ chatId, command })))).map((o) => [o.chatId, o]));
-      for (const c of part) c.resolve(outcomes.get(c.chatId));
+      // rows held elsewhere (a tick, a stuck transaction) must not hold up the other commands of the node:
+      // those commands wait for their rows on their own, outside this queue
+      const items = part.map(({ chatId, command }) => ({ chatId, command }));
+      const outcomes = new Map((await this.settleNow(items, null, true)).map((o) => [o.chatId, o]));
+      for (const c of part) {
+        const o = outcomes.get(c.chatId);
+        if (o && !o.ok && o.error instanceof BusyError) {
+          this.waitingCommands.add(c.chatId);
+          this.settleNow([{ chatId: c.chatId, command: c.command }])
+            .then((again) => c.resolve(again[0]), c.reject)
+            .finally(() => {
+              this.waitingCommands.delete(c.chatId);
+              if (this.commands.length && this.commandTimer === null && !this.commandFlush && !this.stopped) {
+                this.commandTimer = this.d.clock.setTimeout(() => void this.flushCommands(), 0);
+              }
+            });
+        } else c.resolve(o);
+      }
     };
     this.commandFlush = (async () => {
       try {
@@ -378,13 +408,20 @@ export class Ticker {
         this.d.presence.forget(o.chatId);
         continue;
       }
-      // best effort: a pending chat everyone left holds no presence (a failure leaves it until the chat ends)
-      if (o.meter.state === 'pending') this.d.presence.release(o.chatId).catch(() => undefined);
-      if (o.meter.state !== 'pending' && !this.chats.has(o.chatId)) {
+      // a settlement that took its time (and presence) before another one of this chat was absorbed decided
+      // from an older view: it must not idle the chat, or a user who came back meanwhile waits for the resettle
+      const stale = now < (this.absorbedAt.get(o.chatId) ?? -Infinity);
+      if (o.meter.state === 'pending') {
+        // a pending chat everyone left holds no presence (best effort: a failure leaves it until the chat ends)
+        if (!stale) this.d.presence.release(o.chatId, now).catch(() => undefined);
+        continue;
+      }
+      if (!stale) this.absorbedAt.set(o.chatId, now);
+      if (!this.chats.has(o.chatId)) {
         this.track(o.chatId);
         tracked.add(o.chatId);
       }
-      if ((o.meter.state === 'away' || o.meter.state === 'paused') && o.wakeAt !== null) {
+      if (!stale && (o.meter.state === 'away' || o.meter.state === 'paused') && o.wakeAt !== null) {
         this.idle.set(o.chatId, { state: o.meter.state, wakeAt: o.wakeAt, settledAt: now });
       } else this.idle.delete(o.chatId);
     }
@@ -465,8 +502,8 @@ export class Ticker {
     for (const [part, fence] of [[owned, claimed.fence], [others, null]] as const) {
       if (!part.length) continue;
       const { outcomes, failures } = await this.settleMany(part, fence, true);
-      // rows held by a transaction that commits soon (the other slot in flight, a command): wait for
-      // them once, a slice at most; a row held longer is tried again next tick
+      // rows held by a transaction that commits soon (a command, a presence change): wait for them once,
+      // at most a slice for each lock waited on; a row held longer is tried again next tick
       const busy = part.filter((id) => {
         const o = outcomes.get(id);
         return o && !o.ok && o.error instanceof BusyError;
