@@ -219,14 +219,18 @@ describe('ticker (fake clock)', () => {
 });
 
 describe('ticker: idle chats (fake clock)', () => {
-  /** An engine whose every chat comes back away, due again 5 s later, unless present: then running. */
-  function awayEngine(clock: FakeClock, presence: LocalPresence) {
-    const settled: Array<{ at: number; id: string }> = [];
+  /**
+   * An engine whose every chat comes back away, due again `wakeAfterMs` later, unless present: then
+   * running. A batch of more than one chat (a tick's) takes `batchMs` in the database.
+   */
+  function awayEngine(clock: FakeClock, opts: { wakeAfterMs?: number; batchMs?: number } = {}) {
+    const settled: Array<{ at: number; id: string; state: string }> = [];
     const engine = {
       async settleBatch(items: SettleItem[], now: number): Promise<SettleOutcome[]> {
+        if (opts.batchMs && items.length > 1) await new Promise((r) => clock.setTimeout(r, opts.batchMs));
         return items.map(({ chatId, presence: span }) => {
-          settled.push({ at: now - 1_000_000, id: chatId });
           const running = span !== null && span.since <= now && now < span.until;
+          settled.push({ at: now - 1_000_000, id: chatId, state: running ? 'running' : 'away' });
           return {
             chatId,
             ok: true,
@@ -235,20 +239,20 @@ describe('ticker: idle chats (fake clock)', () => {
             ended: null,
             lowBalance: false,
             charge: 0n,
-            wakeAt: running ? null : now + 5000,
+            wakeAt: running ? null : now + (opts.wakeAfterMs ?? 5000),
           } as unknown as SettleOutcome;
         });
       },
     };
-    return { engine: engine as unknown as SettlementService, settled, presence, clock };
+    return { engine: engine as unknown as SettlementService, settled };
   }
 
   /** A ticker over chats a and b (one bucket, 1 s ticks) on the away engine and a fresh fake clock. */
-  function idleTicker(sharedPresence: boolean) {
+  function idleTicker(sharedPresence: boolean, engineOpts: Parameters<typeof awayEngine>[1] = {}) {
     const clock = FakeTimers.createClock(1_000_000);
     const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
     const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
-    const { engine, settled } = awayEngine(clock, presence);
+    const { engine, settled } = awayEngine(clock, engineOpts);
     const ticker = new Ticker({
       sharedPresence,
       clock: asClock,
@@ -261,11 +265,17 @@ describe('ticker: idle chats (fake clock)', () => {
       tickMs: 1000,
       buckets: 1,
     });
-    return { clock, presence, settled, ticker };
+    /** Stops the ticker while the fake clock lets a slot in flight finish. */
+    const stop = async () => {
+      const stopping = ticker.stop();
+      await clock.tickAsync(1000);
+      await stopping;
+    };
+    return { clock, presence, settled, ticker, stop };
   }
 
   it('with presence shared by nodes, settles an away chat at its deadline or when its user comes back, not on every tick', async () => {
-    const { clock, presence, settled, ticker } = idleTicker(true);
+    const { clock, presence, settled, ticker, stop } = idleTicker(true);
     await ticker.start();
     await clock.tickAsync(9_000);
     // settled at the first tick, then only at the 5 s deadline: not nine times each
@@ -278,13 +288,11 @@ describe('ticker: idle chats (fake clock)', () => {
     ticker.wake(['a']);
     await clock.tickAsync(1000);
     expect(settled.filter((s) => s.id === 'a').map((s) => s.at)).to.deep.equal([1000, 6000, 11_000, 13_000]);
-    const stopping = ticker.stop();
-    await clock.tickAsync(1000);
-    await stopping;
+    await stop();
   });
 
   it('with presence on this node alone, looks nothing up for an away chat: a return settles it at once', async () => {
-    const { clock, presence, settled, ticker } = idleTicker(false);
+    const { clock, presence, settled, ticker, stop } = idleTicker(false);
     let lookups = 0;
     const spans = presence.spans.bind(presence);
     presence.spans = (ids: string[]) => {
@@ -304,41 +312,13 @@ describe('ticker: idle chats (fake clock)', () => {
     await soon;
     await clock.tickAsync(2000);
     expect(settled.filter((s) => s.id === 'b').map((s) => s.at)).to.deep.equal([1000, 4500, 5000, 6000]);
-    const stopping = ticker.stop();
-    await clock.tickAsync(1000);
-    await stopping;
+    await stop();
   });
 
   it('does not idle a chat on a tick that read presence before a return settled it meanwhile', async () => {
     // found by review: on one node an away chat is woken only by its user's return, so a stale
-    // "away" from a slow tick must not put it back to sleep
-    const clock = FakeTimers.createClock(1_000_000);
-    const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
-    const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
-    const settled: Array<{ at: number; id: string; state: string }> = [];
-    const engine = {
-      async settleBatch(items: SettleItem[], now: number): Promise<SettleOutcome[]> {
-        // the tick's batch (a and b) takes 50 ms in the database; a lone presence change is quick
-        if (items.length > 1) await new Promise((r) => clock.setTimeout(r, 50));
-        return items.map(({ chatId, presence: span }) => {
-          const running = span !== null && span.since <= now && now < span.until;
-          settled.push({ at: now - 1_000_000, id: chatId, state: running ? 'running' : 'away' });
-          const meter = { chatId, state: running ? 'running' : 'away' };
-          return { chatId, ok: true, meter, push: true, ended: null, lowBalance: false, charge: 0n, wakeAt: running ? null : now + 120_000 } as unknown as SettleOutcome;
-        });
-      },
-    };
-    const ticker = new Ticker({
-      clock: asClock,
-      engine: engine as unknown as SettlementService,
-      presence,
-      log: pino({ level: 'silent' }),
-      metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
-      publish: () => {},
-      loadActiveChatIds: async () => ['a', 'b'],
-      tickMs: 1000,
-      buckets: 1,
-    });
+    // "away" from a slow tick must not put it back to sleep (deadlines far away: only a return wakes b)
+    const { clock, presence, settled, ticker, stop } = idleTicker(false, { wakeAfterMs: 120_000, batchMs: 50 });
     await ticker.start();
     await clock.tickAsync(1010); // the tick of 1 s has read b's presence (absent) and waits on the database
     await presence.join('b', 'tab', clock.now);
@@ -352,8 +332,6 @@ describe('ticker: idle chats (fake clock)', () => {
     const b = settled.filter((s) => s.id === 'b' && s.at > 1010);
     expect(b.length, b.map((s) => `${s.at}:${s.state}`).join(' ')).to.be.at.least(14);
     expect(b.slice(2).every((s) => s.state === 'running')).to.equal(true);
-    const stopping = ticker.stop();
-    await clock.tickAsync(1000);
-    await stopping;
+    await stop();
   });
 });

@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { MeterSnapshot } from '../../client-sdk/src/protocol.js';
@@ -66,25 +67,18 @@ async function spawnNode(env: Record<string, string>, nodeArgs: string[]): Promi
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log = { warnings: 0, errors: 0, last: [] as string[] };
-  let buf = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      let level = 0;
-      try {
-        level = Number((JSON.parse(line) as { level?: number }).level ?? 0);
-      } catch {
-        continue; // the banner is not JSON
-      }
-      if (level >= 50) log.errors++;
-      else if (level >= 40) log.warnings++;
-      else continue;
-      log.last.push(line.slice(0, 400));
-      if (log.last.length > 5) log.last.shift();
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    let level = 0;
+    try {
+      level = Number((JSON.parse(line) as { level?: number }).level ?? 0);
+    } catch {
+      return; // the banner is not JSON
     }
+    if (level >= 50) log.errors++;
+    else if (level >= 40) log.warnings++;
+    else return;
+    log.last.push(line.slice(0, 400));
+    if (log.last.length > 5) log.last.shift();
   });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { FAST_ENV, type ClientSocket, callApi, connectWith, eventually } from './server.js';
 
@@ -32,18 +33,11 @@ export async function spawnNode(env: Record<string, string>): Promise<NodeProces
   });
   const lines: Array<Record<string, unknown>> = [];
   let stderr = '';
-  let buf = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        lines.push(JSON.parse(line));
-      } catch {
-        // the banner is not JSON
-      }
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    try {
+      lines.push(JSON.parse(line));
+    } catch {
+      // the banner is not JSON
     }
   });
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
