@@ -83,9 +83,7 @@ export class Ticker {
   /** The next slot to run; slot k is due at origin + k × slice and settles bucket k % buckets. */
   private nextSlot = 1;
   private timer: unknown = null;
-  /** Slots settling now (at most SLOTS_IN_FLIGHT), and their buckets. */
-  private readonly slots = new Set<Promise<void>>();
-  private readonly bucketsInFlight = new Set<number>();
+  private running: Promise<void> | null = null;
   private soon = new Map<string, Array<{ resolve: (o: SettleOutcome | undefined) => void; reject: (e: unknown) => void }>>();
   private soonTimer: unknown = null;
   private soonFlush: Promise<void> | null = null;
@@ -171,7 +169,7 @@ export class Ticker {
     this.timer = null;
     if (this.rescanTimer !== null) this.d.clock.clearTimeout(this.rescanTimer);
     this.rescanTimer = null;
-    while (this.slots.size) await Promise.allSettled([...this.slots]);
+    await this.running;
     if (this.soonTimer !== null) this.d.clock.clearTimeout(this.soonTimer);
     this.soonTimer = null;
     // what was asked for before the stop is settled before it returns
@@ -359,21 +357,7 @@ export class Ticker {
     this.soon = new Map();
     this.soonFlush = (async () => {
       // the tick's one-statement read first; the few chats whose rows are held elsewhere wait for them
-      const ids = [...batch.keys()];
-      const { outcomes, failures } = await this.settleMany(ids, null, true);
-      const busy = ids.filter((id) => {
-        const o = outcomes.get(id);
-        return o && !o.ok && o.error instanceof BusyError;
-      });
-      if (busy.length) {
-        const again = await this.settleMany(busy);
-        for (const id of busy) {
-          outcomes.delete(id);
-          const o = again.outcomes.get(id);
-          if (o) outcomes.set(id, o);
-          if (again.failures.has(id)) failures.set(id, again.failures.get(id));
-        }
-      }
+      const { outcomes, failures } = await this.settleMany([...batch.keys()], null, { waitForBusy: true });
       for (const [id, waiters] of batch) {
         const err = failures.get(id);
         for (const w of waiters) if (err === undefined) w.resolve(outcomes.get(id));
@@ -435,13 +419,14 @@ export class Ticker {
   }
 
   /**
-   * Waits for the next slot due after the last one run; up to SLOTS_IN_FLIGHT settle at
-   * once, on different buckets. When slots fell due meanwhile, their buckets are settled
-   * together in one batch: no bucket is ever skipped, so every chat is settled at least
-   * once a tick.
+   * Waits for the next slot due after the last one run. When a slot overran and
+   * later slots fell due meanwhile, their buckets are settled together in one
+   * batch: no bucket is ever skipped, so every chat is settled at least once a tick.
+   * (Two slots at once were tried: a third more CPU a meter, as interleaved
+   * transactions kept finding each other's rows busy; docs/BENCHMARKS.md.)
    */
   private schedule(): void {
-    if (this.stopped || this.timer !== null || this.slots.size >= SLOTS_IN_FLIGHT) return;
+    if (this.stopped) return;
     const now = this.d.clock.now();
     const due = this.origin + this.nextSlot * this.sliceMs;
     this.timer = this.d.clock.setTimeout(() => {
@@ -449,19 +434,15 @@ export class Ticker {
       const woke = this.d.clock.now();
       this.d.metrics.observeLag?.(Math.max(0, woke - due) / 1000);
       const current = Math.floor((woke - this.origin) / this.sliceMs);
-      // at most one whole tick of buckets at once: every bucket once; one still settling is left to that slot
+      // at most one whole tick of buckets at once: every bucket once
       const first = Math.max(this.nextSlot, current - this.buckets + 1);
       const buckets = new Set<number>();
-      for (let slot = first; slot <= current; slot++) if (!this.bucketsInFlight.has(slot % this.buckets)) buckets.add(slot % this.buckets);
+      for (let slot = first; slot <= current; slot++) buckets.add(slot % this.buckets);
       this.nextSlot = current + 1;
-      for (const b of buckets) this.bucketsInFlight.add(b);
-      const slot: Promise<void> = this.runSlot(buckets).finally(() => {
-        for (const b of buckets) this.bucketsInFlight.delete(b);
-        this.slots.delete(slot);
+      this.running = this.runSlot(buckets).finally(() => {
+        this.running = null;
         this.schedule();
       });
-      this.slots.add(slot);
-      this.schedule();
     }, Math.max(0, due - now));
   }
 
@@ -501,18 +482,9 @@ export class Ticker {
     // on the schedule no chat waits for another's locked rows: those are settled at their next tick
     for (const [part, fence] of [[owned, claimed.fence], [others, null]] as const) {
       if (!part.length) continue;
-      const { outcomes, failures } = await this.settleMany(part, fence, true);
-      // rows held by a transaction that commits soon (a command, a presence change): wait for them once,
-      // at most a slice for each lock waited on; a row held longer is tried again next tick
-      const busy = part.filter((id) => {
-        const o = outcomes.get(id);
-        return o && !o.ok && o.error instanceof BusyError;
-      });
-      if (busy.length) {
-        const again = await this.settleMany(busy, fence, false, this.sliceMs);
-        for (const [id, o] of again.outcomes) outcomes.set(id, o);
-        for (const [id, err] of again.failures) if (!lockTimedOut(err)) failures.set(id, err);
-      }
+      // rows held by a transaction that commits soon (a command, a presence change) are waited for once,
+      // at most a slice for each lock; a row held longer is tried again next tick
+      const { outcomes, failures } = await this.settleMany(part, fence, { waitForBusy: true, lockTimeoutMs: this.sliceMs });
       for (const id of part) {
         const o = outcomes.get(id);
         const failedAlone = o ? !o.ok && o.error.code === 'internal' : failures.has(id) && refusedForData(failures.get(id));
@@ -554,30 +526,31 @@ export class Ticker {
   /**
    * Settles chats in batches of 500. A batch the database refuses for its data (not
    * for being down) is halved and retried, so one bad chat can't stop the others
-   * and the log names it. Never throws: returns each chat's outcome or error.
+   * and the log names it. With `busy`, rows held elsewhere are skipped (their chats
+   * come back busy) and, with `waitForBusy`, those chats are settled once more
+   * waiting for the rows (at most `lockTimeoutMs` a lock; still held, they stay
+   * busy). Never throws: returns each chat's outcome or error.
    */
   private async settleMany(
     ids: string[],
     fence: Fence | null = null,
-    skipLocked = false,
-    lockTimeoutMs?: number,
+    busy: { waitForBusy: boolean; lockTimeoutMs?: number } | null = null,
   ): Promise<{ outcomes: Map<string, SettleOutcome>; failures: Map<string, unknown> }> {
     const outcomes = new Map<string, SettleOutcome>();
     const failures = new Map<string, unknown>();
-    const run = async (part: string[]): Promise<void> => {
+    const run = async (part: string[], skipLocked: boolean, lockTimeoutMs?: number): Promise<void> => {
       try {
         for (const o of await this.settleNow(part.map((chatId) => ({ chatId })), fence, skipLocked, lockTimeoutMs)) outcomes.set(o.chatId, o);
       } catch (err) {
         if (lockTimedOut(err)) {
           // still held: as busy as a skipped row, and tried again next tick
-          for (const id of part) failures.set(id, err);
           this.d.metrics.busy?.(part.length);
           return;
         }
         if (part.length > 1 && refusedForData(err)) {
           const half = Math.ceil(part.length / 2);
-          await run(part.slice(0, half));
-          await run(part.slice(half));
+          await run(part.slice(0, half), skipLocked, lockTimeoutMs);
+          await run(part.slice(half), skipLocked, lockTimeoutMs);
           return;
         }
         for (const id of part) failures.set(id, err);
@@ -585,7 +558,16 @@ export class Ticker {
         this.d.log.error({ err, chats: part.length, chatIds: part.slice(0, 20), ...(part.length === 1 ? { chatId: part[0] } : {}) }, 'settlement failed');
       }
     };
-    for (let i = 0; i < ids.length; i += 500) await run(ids.slice(i, i + 500));
+    const skipLocked = busy !== null;
+    for (let i = 0; i < ids.length; i += 500) await run(ids.slice(i, i + 500), skipLocked);
+    if (busy?.waitForBusy) {
+      // the chats skipped for rows held elsewhere, once more, waiting for those rows in the fixed lock order
+      const held = ids.filter((id) => {
+        const o = outcomes.get(id);
+        return o && !o.ok && o.error instanceof BusyError;
+      });
+      for (let i = 0; i < held.length; i += 500) await run(held.slice(i, i + 500), false, busy.lockTimeoutMs);
+    }
     return { outcomes, failures };
   }
 }
@@ -597,14 +579,6 @@ interface QueuedCommand {
   resolve: (o: SettleOutcome | undefined) => void;
   reject: (e: unknown) => void;
 }
-
-/**
- * Slots that may settle at once. Two keep slot starts on time while one waits on the
- * database, but cost a third more CPU per meter in the load bench (interleaved
- * transactions find each other's rows busy) and slowed a connect storm from 373 to
- * 265 connects/s: one, until the settlement is cheaper (docs/BENCHMARKS.md).
- */
-const SLOTS_IN_FLIGHT = 1;
 
 /** However idle a chat, the schedule settles it at least this often (balances moved by other chats, other nodes). */
 const IDLE_RESETTLE_MS = 30_000;

@@ -66,6 +66,11 @@ export interface RealtimeDeps {
   isClosing: () => boolean;
 }
 
+/** Refuses a heartbeat from an advisor's socket. */
+function heartbeatsOnlyFromUsers(socket: ChatSocket): void {
+  if (socket.data.principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
+}
+
 /** An event without a payload: `{}`, or nothing (null, as a missing argument arrives). */
 const NoPayload = z.object({}).strict().nullish();
 
@@ -189,10 +194,10 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
    * unknown chat is not_found, another's (or one `allowed` refuses) forbidden, and
    * only then the chat not joined a conflict. Reads the chat: only on this error path.
    */
-  const refuseUnjoined = async (socket: ChatSocket, chatId: string, conflict: string, allowed?: () => void): Promise<never> => {
+  const refuseUnjoined = async (socket: ChatSocket, chatId: string, conflict: string, allowed?: (socket: ChatSocket) => void): Promise<never> => {
     const { chat } = await d.accounts.getChatTracking(chatId);
     member(socket, chat);
-    allowed?.();
+    allowed?.(socket);
     throw new ConflictError(conflict);
   };
 
@@ -246,11 +251,8 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     [
       'heartbeat',
       handler('heartbeat', ChatRefSchema, async (socket, { chatId }) => {
-        const userOnly = () => {
-          if (socket.data.principal.role !== 'user') throw new ForbiddenError('only the chat\'s user sends heartbeats');
-        };
-        if (!socket.data.chats.has(chatId)) await refuseUnjoined(socket, chatId, `join chat ${chatId} before sending heartbeats`, userOnly);
-        userOnly();
+        if (!socket.data.chats.has(chatId)) await refuseUnjoined(socket, chatId, `join chat ${chatId} before sending heartbeats`, heartbeatsOnlyFromUsers);
+        heartbeatsOnlyFromUsers(socket);
         await d.meters.settleLapsedPresence(chatId);
         const now = d.clock.now();
         const restarted = await d.presence.heartbeat(chatId, socket.id, now);
