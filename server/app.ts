@@ -4,10 +4,8 @@
  * reads config, calls this and handles signals.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { createAdapter } from '@socket.io/redis-adapter';
 import express from 'express';
 import helmet from 'helmet';
@@ -22,6 +20,7 @@ import { type Clock, systemClock } from './clock.js';
 import type { Config } from './config.js';
 import { createDataSource } from './db.js';
 import { apiRouter, errorHandler } from './http/api.js';
+import { assetsRouter } from './http/assets.js';
 import { type Logger, createLogger } from './log.js';
 import { MeterService } from './metering/meter-service.js';
 import { MirroredPresence } from './metering/mirrored-presence.js';
@@ -146,7 +145,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     const ok = ready && !closing && checks.database;
     res.status(ok ? 200 : 503).json({ ok, checks, degraded, node: nodeId, cluster: cluster.status() });
   });
-  app.use('/demo', express.static(DEMO_DIR, { index: false }));
+  app.use(assetsRouter());
   app.get('/metrics', async (_req, res) => {
     const status = cluster.status();
     metrics.leaseShards.set(status.shards);
@@ -353,11 +352,6 @@ async function clusterId(ds: DataSource): Promise<string> {
   if (!rows[0]) throw new Error('cluster_settings has no cluster_id: run the migrations');
   return rows[0].value;
 }
-
-/** The demo pages, from the sources (tsx) or from the built `dist/server` alike. */
-const DEMO_DIR =
-  ['../client-sdk/demo', '../../client-sdk/demo'].map((rel) => fileURLToPath(new URL(rel, import.meta.url))).find((dir) => existsSync(dir)) ??
-  fileURLToPath(new URL('../client-sdk/demo', import.meta.url));
 
 /** Thrown when another node already meters this database. */
 export class NodeConflictError extends Error {

@@ -40,10 +40,10 @@ export interface TestNode {
 }
 
 /**
- * Starts a node on `db` with fast timings (override any variable with `env`).
- * Every socket it hands out is closed with it.
+ * Starts a node on `db` with fast timings (override any variable with `env`), on `port`
+ * (0: an ephemeral one). Every socket it hands out is closed with it.
  */
-export async function startNode(db: TestDb, env: Record<string, string> = {}, deps: AppDeps = {}): Promise<TestNode> {
+export async function startNode(db: TestDb, env: Record<string, string> = {}, deps: AppDeps = {}, port = 0): Promise<TestNode> {
   const config = loadConfig({
     ...FAST_ENV,
     ...(db.url ? { DATABASE_URL: db.url } : {}),
@@ -56,11 +56,11 @@ export async function startNode(db: TestDb, env: Record<string, string> = {}, de
     redisKeyPrefix: `cm-test-${randomBytes(4).toString('hex')}`,
     ...deps,
   });
-  const port = await app.listen(0).catch(async (err: unknown) => {
+  const bound = await app.listen(port).catch(async (err: unknown) => {
     await app.close();
     throw err;
   });
-  const url = `http://127.0.0.1:${port}`;
+  const url = `http://127.0.0.1:${bound}`;
   const sockets: ClientSocket[] = [];
 
   const api: TestNode['api'] = (method, path, body, headers = {}) => callApi(url, config.apiKey, method, path, body, headers);
