@@ -13,6 +13,10 @@ export class User {
   @Column({ type: 'numeric', precision: 20, scale: 4, default: 0 })
   balance!: string;
 
+  /** Set when `balance:low` went out for this balance; a top-up clears it (SPEC 1 rule 4, once per user). */
+  @Column({ name: 'low_balance_warned', type: 'boolean', default: false })
+  lowBalanceWarned!: boolean;
+
   @Column({ name: 'created_at', type: 'timestamptz', default: () => 'now()' })
   createdAt!: Date;
 

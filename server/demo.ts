@@ -34,6 +34,6 @@ export async function loadDemo(app: App, baseUrl: string, now: number): Promise<
   return {
     chatId,
     userPage: `${baseUrl}/demo/user.html?chat=${chatId}&token=${user.token}`,
-    advisorPage: `${baseUrl}/demo/advisor.html?chats=${chatId}&token=${advisor.token}`,
+    advisorPage: `${baseUrl}/demo/advisor.html?token=${advisor.token}`,
   };
 }

@@ -38,7 +38,7 @@ function chat(id: string, over: Partial<RecordRow> = {}): { chat: ChatRow; recor
 /** The rows a settlement would have read under lock. */
 function given(balance: string, ...chats: Array<ReturnType<typeof chat>>): LockedRows {
   return {
-    users: [{ id: 'u1', balance }],
+    users: [{ id: 'u1', balance, low_balance_warned: false }],
     allowances: [{ user_id: 'u1', advisor_id: 'a1', allocation_seconds: 0, used_seconds: 0 }],
     chats: chats.map((c) => c.chat),
     records: chats.map((c) => c.record),
@@ -46,6 +46,21 @@ function given(balance: string, ...chats: Array<ReturnType<typeof chat>>): Locke
 }
 
 describe('decideBatch (the decide step of a settlement, no database)', () => {
+  it('warns balance:low once per user balance, not once per chat, and not again until a top-up clears it', () => {
+    // 5 credits at 0.1 a second: 50 s affordable, below the 60 s threshold in both chats
+    const low = (warned: boolean) => {
+      const rows = given('5', chat('c1'), chat('c2'));
+      rows.users[0]!.low_balance_warned = warned;
+      return decideBatch(rows, [{ chatId: 'c1', presence: present(T0) }, { chatId: 'c2', presence: present(T0) }], at(1), policy);
+    };
+    const first = low(false);
+    expect(first.outcomes.map((o) => o.ok && o.lowBalance)).to.deep.equal([true, false]);
+    expect(first.users).to.deep.equal([{ id: 'u1', balance: '4.8000', low_balance_warned: true }]);
+    const later = low(true);
+    expect(later.outcomes.map((o) => o.ok && o.lowBalance)).to.deep.equal([false, false]);
+    expect(later.users[0]).to.include({ low_balance_warned: true });
+  });
+
   it('bills two chats of one user from one balance, and writes each table once', () => {
     const d = decideBatch(given('10', chat('c1'), chat('c2')), [
       { chatId: 'c1', presence: present(T0) },
@@ -53,7 +68,7 @@ describe('decideBatch (the decide step of a settlement, no database)', () => {
     ], at(10), policy);
     expect(d.outcomes.map((o) => o.ok && o.meter.durationSeconds)).to.deep.equal([10, 10]);
     // 20 paid seconds at 0.1 a second
-    expect(d.users).to.deep.equal([{ id: 'u1', balance: '8.0000' }]);
+    expect(d.users).to.deep.equal([{ id: 'u1', balance: '8.0000', low_balance_warned: false }]);
     expect(d.charges.map((c) => [c.chat_id, c.amount])).to.deep.equal([['c1', 10_000n], ['c2', 10_000n]]);
     expect(d.records).to.have.length(2);
     expect(d.chats, 'no status changed').to.deep.equal([]);
@@ -97,12 +112,12 @@ describe('decideBatch (the decide step of a settlement, no database)', () => {
     bad.chat.user_id = 'u2';
     bad.record.user_id = 'u2';
     const rows = given('10', bad, chat('c2'));
-    rows.users.push({ id: 'u2', balance: '10' });
+    rows.users.push({ id: 'u2', balance: '10', low_balance_warned: false });
     rows.allowances.push({ user_id: 'u2', advisor_id: 'a1', allocation_seconds: 0, used_seconds: 0 });
     const d = decideBatch(rows, [{ chatId: 'c1', presence: present(T0) }, { chatId: 'c2', presence: present(T0) }], at(3), policy);
     const byChat = Object.fromEntries(d.outcomes.map((o) => [o.chatId, o.ok ? o.meter.durationSeconds : o.error.code]));
     expect(byChat).to.deep.equal({ c1: 'internal', c2: 3 });
-    expect(d.users).to.deep.equal([{ id: 'u1', balance: '9.7000' }]);
+    expect(d.users).to.deep.equal([{ id: 'u1', balance: '9.7000', low_balance_warned: false }]);
     expect(d.records).to.have.length(1);
   });
 

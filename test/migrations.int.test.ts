@@ -4,7 +4,7 @@ import { freshDatabase, type TestDb } from './support/db.js';
 
 const TABLES = ['users', 'advisors', 'chats', 'free_time_allowances', 'conversation_time_records', 'ledger_entries'];
 const CLUSTER_TABLES = ['cluster_settings', 'cluster_nodes', 'settlement_shards'];
-const ALL = ['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000'];
+const ALL = ['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000', 'UserLowBalance1764600000000'];
 const INDEXES = ['chats_open_idx', 'chats_user_advisor_idx', 'conversation_time_records_pair_idx', 'ledger_entries_user_idx', 'ledger_entries_chat_idx'];
 
 describe('migrations (hand-written SQL, with a real down)', () => {
@@ -43,6 +43,14 @@ describe('migrations (hand-written SQL, with a real down)', () => {
     expect(id).to.match(/^[0-9a-f]{32}$/);
     const [{ n, free }] = await db.ds.query(`SELECT count(*)::int AS n, count(*) FILTER (WHERE owner IS NULL)::int AS free FROM settlement_shards`);
     expect({ n, free }).to.deep.equal({ n: 64, free: 64 });
+
+    // the user's low-balance flag goes with its migration
+    const userColumns = async () =>
+      ((await db.ds.query(`SELECT column_name FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'low_balance_warned'`)) as unknown[]).length;
+    expect(await userColumns()).to.equal(1);
+    await db.ds.undoLastMigration({ transaction: 'each' });
+    expect(await userColumns()).to.equal(0);
+    expect(await applied()).to.deep.equal(ALL.slice(0, 3));
 
     // the settlement tables keep room on their pages for HOT updates, and lose it going down
     const fillfactor = async (table: string) =>
@@ -198,7 +206,7 @@ describe('migrations when a cluster starts at once (real Postgres)', () => {
       const nodes = await Promise.all([0, 1, 2].map(() => startNode(db)));
       try {
         const names: Array<{ name: string }> = await db.ds.query(`SELECT name FROM migrations ORDER BY id`);
-        expect(names.map((n) => n.name)).to.deep.equal(['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000']);
+        expect(names.map((n) => n.name)).to.deep.equal(ALL);
         for (const n of nodes) expect((await n.api('GET', '/readyz')).status).to.equal(200);
       } finally {
         for (const n of nodes) await n.close();

@@ -345,6 +345,31 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
       expect((await node.api('GET', '/v1/users/u1')).body.balance).to.equal('0.0000');
     });
 
+    it('sends balance:low once per user balance across two chats, and once more after a top-up that stays low', async () => {
+      // 65 credits at 60/min: 65 s affordable, not yet low; two chats take 2 a second, so it is low within 3 s
+      const a = await running({ free: 0, balance: '65', rate: '60' });
+      const lows = collect(a.tab, 'balance:low');
+      const meters = collect(a.tab, 'meter');
+      const b = await running({ chatId: 'c2', advisorId: 'a2', free: 0, balance: '65', rate: '60' });
+      const stopA = heartbeats(a.tab, a.chatId);
+      const stopB = heartbeats(b.tab, b.chatId);
+      try {
+        await eventually(() => lows.length === 1, 8000);
+        const warnedAt = meters.length;
+        await eventually(() => meters.length >= warnedAt + 10); // a second more of both chats, still low
+        expect(lows, 'one warning for the user\'s balance, not one per chat').to.have.length(1);
+        const topUp = await node.api('POST', '/v1/users/u1/credits', { amount: '0.5', idempotencyKey: 'low-again' });
+        expect(topUp.status).to.equal(201);
+        await eventually(() => lows.length === 2);
+        const toppedAt = meters.length;
+        await eventually(() => meters.length >= toppedAt + 10);
+        expect(lows).to.have.length(2);
+      } finally {
+        stopA();
+        stopB();
+      }
+    });
+
     it('sends balance to the user\'s sockets after a top-up mid-chat', async () => {
       const r = await running({ free: 0, balance: '10' });
       const balance = waitFor(r.tab, 'balance');

@@ -1,16 +1,36 @@
-const socket = connect();
+// An advisor's dashboard on the SDK: every pending and active chat, live, with its commands.
+import { connect } from '/sdk/chatmeter.js';
+import { $, fmtSeconds, showConnection, params } from './common.js';
+
+const client = connect({ url: location.origin, token: params.get('token') });
+showConnection(client);
+$('me').textContent = client.principal.id ?? '…';
 const rows = new Map();
+const sessions = new Map();
+
+/** A command joins the chat first (once): commands belong to sessions. */
+async function command(chatId, name) {
+  let session = sessions.get(chatId);
+  if (!session) sessions.set(chatId, (session = client.joinChat(chatId)));
+  try {
+    await (await session)[name]();
+  } catch (err) {
+    sessions.delete(chatId);
+    alert(`${name}: ${err.message}`);
+  }
+}
 
 function row(chatId) {
   let tr = rows.get(chatId);
   if (tr) return tr;
   tr = document.createElement('tr');
-  tr.innerHTML = '<td class="id"></td><td class="user"></td><td class="state"></td><td class="duration"></td>' +
-    '<td class="free"></td><td class="credits"></td><td class="balance"></td><td class="actions"></td>';
-  for (const cmd of ['start', 'pause', 'resume', 'end']) {
-    const b = document.createElement('button');
-    b.textContent = cmd;
-    b.addEventListener('click', () => socket.emit(`chat:${cmd}`, { chatId }, (ack) => ack.ok || alert(ack.error.message)));
+  tr.dataset.chat = chatId;
+  for (const cls of ['id', 'user', 'state', 'duration', 'free', 'credits', 'balance', 'actions']) {
+    tr.append(Object.assign(document.createElement('td'), { className: cls }));
+  }
+  for (const name of ['start', 'pause', 'resume', 'end']) {
+    const b = Object.assign(document.createElement('button'), { textContent: name, className: name });
+    b.addEventListener('click', () => command(chatId, name));
     tr.querySelector('.actions').append(b);
   }
   tr.querySelector('.id').textContent = chatId;
@@ -19,27 +39,28 @@ function row(chatId) {
   return tr;
 }
 
-function show(m) {
-  const tr = row(m.chatId);
-  if (Number(tr.dataset.seq ?? -1) > m.seq) return;
-  tr.dataset.seq = m.seq;
-  tr.querySelector('.user').textContent = m.userId;
-  tr.querySelector('.state').textContent = m.state;
-  tr.querySelector('.duration').textContent = fmtSeconds(m.durationSeconds);
-  tr.querySelector('.free').textContent = fmtSeconds(m.freeSecondsRemaining);
-  tr.querySelector('.credits').textContent = m.creditsUsed;
-  tr.querySelector('.balance').textContent = m.balance;
+function show(chatId, entry) {
+  if (!entry) {
+    rows.get(chatId)?.remove();
+    rows.delete(chatId);
+    sessions.delete(chatId);
+  } else {
+    const tr = row(chatId);
+    const m = entry.meter;
+    tr.querySelector('.user').textContent = entry.chat.userId;
+    tr.querySelector('.state').textContent = m?.state ?? entry.chat.status;
+    tr.querySelector('.duration').textContent = m ? fmtSeconds(m.durationSeconds) : '–';
+    tr.querySelector('.free').textContent = m ? fmtSeconds(m.freeSecondsRemaining) : '–';
+    tr.querySelector('.credits').textContent = m?.creditsUsed ?? '–';
+    tr.querySelector('.balance').textContent = m?.balance ?? '–';
+  }
+  $('empty').hidden = rows.size > 0;
 }
 
-socket.on('connect', () => {
-  $('conn').textContent = 'live';
-  // chats named in the URL show up at once, even before their first push
-  for (const chatId of (params.get('chats') ?? '').split(',').filter(Boolean)) {
-    socket.emit('chat:join', { chatId }, (ack) => ack.ok && show(ack.meter));
-  }
-});
-socket.on('connect_error', (err) => ($('conn').textContent = `not connected: ${err.message}`));
-socket.on('disconnect', () => ($('conn').textContent = 'disconnected'));
-socket.on('meter', show);
-socket.on('chat:ended', (e) => show(e.meter));
-$('me').textContent = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).sub;
+try {
+  const dashboard = await client.watchDashboard();
+  for (const [chatId, entry] of dashboard.chats) show(chatId, entry);
+  dashboard.on('change', show);
+} catch (err) {
+  $('conn').textContent = `${err.code}: ${err.message}`;
+}

@@ -108,6 +108,13 @@ export interface ChatRow {
   end_reason: EndReason | null;
 }
 
+/** A user row as Postgres returns it (the columns settlement reads). */
+export interface UserRow {
+  id: string;
+  balance: string;
+  low_balance_warned: boolean;
+}
+
 /** A free-time allowance row as Postgres returns it. */
 export interface AllowanceRow {
   user_id: string;
@@ -118,7 +125,7 @@ export interface AllowanceRow {
 
 /** What a settlement transaction read under lock: the rows of every chat of the batch. */
 export interface LockedRows {
-  users: Array<{ id: string; balance: string }>;
+  users: UserRow[];
   allowances: AllowanceRow[];
   chats: ChatRow[];
   records: RecordRow[];
@@ -127,7 +134,7 @@ export interface LockedRows {
 /** What one batch decided: the outcome of each item, and the rows to write, one list per table. */
 export interface BatchDecision {
   outcomes: SettleOutcome[];
-  users: Array<{ id: string; balance: string }>;
+  users: UserRow[];
   allowances: Array<{ user_id: string; advisor_id: string; used_seconds: number }>;
   chats: object[];
   records: object[];
@@ -147,6 +154,8 @@ export const pairKey = (userId: string, advisorId: string) => `${userId}\u0000${
  */
 export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, policy: Policy, opts: SettleOptions = {}): BatchDecision {
   const balances = new Map(rows.users.map((u) => [u.id, parseAmount(u.balance)]));
+  // balance:low once per user balance, whichever of the user's chats runs low first (cleared by a top-up)
+  const warned = new Map(rows.users.map((u) => [u.id, u.low_balance_warned]));
   const allowances = new Map(rows.allowances.map((a) => [pairKey(a.user_id, a.advisor_id), toAllowance(a)]));
   const chatsById = new Map(rows.chats.map((c) => [c.id, c]));
   const recordsByChat = new Map(rows.records.map((r) => [r.chat_id, r]));
@@ -223,7 +232,11 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       allowances.set(key, result.allowance);
       w.meter = meter;
       w.ended = w.ended ?? result.ended ?? (meter.status === 'ended' && w.before.status !== 'ended' ? meter.endReason : null);
-      w.lowBalance = w.lowBalance || result.lowBalance;
+      // the rules keep each chat's level (low or not) in lowBalanceWarned; the warning is the user's
+      if (meter.status === 'active' && result.chat.lowBalanceWarned && !warned.get(chat.user_id)) {
+        warned.set(chat.user_id, true);
+        w.lowBalance = true;
+      }
       w.charge += result.charge;
       work.set(item.chatId, w);
       if (result.charge > 0n) {
@@ -298,8 +311,8 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
   }
 
   const userUpdates = rows.users
-    .filter((u) => parseAmount(u.balance) !== balances.get(u.id))
-    .map((u) => ({ id: u.id, balance: formatAmount(balances.get(u.id)!) }));
+    .filter((u) => parseAmount(u.balance) !== balances.get(u.id) || u.low_balance_warned !== warned.get(u.id))
+    .map((u) => ({ id: u.id, balance: formatAmount(balances.get(u.id)!), low_balance_warned: warned.get(u.id)! }));
   const allowanceUpdates = rows.allowances
     .filter((a) => a.used_seconds !== allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds)
     .map((a) => ({ user_id: a.user_id, advisor_id: a.advisor_id, used_seconds: allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds }));

@@ -17,6 +17,7 @@ import { batchedReads } from '../batched-reads.js';
 import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
   type AllowanceRow,
+  type UserRow,
   type BatchDecision,
   type ChatRow,
   type LockedRows,
@@ -155,8 +156,8 @@ export class SettlementService {
     const userIds = [...new Set(owners.map((o) => o.user_id))].sort();
     const pairs = uniqueBy(owners.map((o) => [o.user_id, o.advisor_id] as const), ([u, a]) => pairKey(u, a));
 
-    const users: Array<{ id: string; balance: string }> = await em.query(
-      `SELECT id, balance FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE`,
+    const users: UserRow[] = await em.query(
+      `SELECT id, balance, low_balance_warned FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE`,
       [userIds],
     );
     const allowanceRows: AllowanceRow[] = await em.query(
@@ -187,6 +188,7 @@ export class SettlementService {
     const joined: Array<RecordRow & JoinedColumns> = await em.query(
       `SELECT r.*, c.status AS c_status, c.paused AS c_paused, c.started_at AS c_started_at,
               c.ended_at AS c_ended_at, c.end_reason AS c_end_reason, u.balance AS u_balance,
+              u.low_balance_warned AS u_low_balance_warned,
               f.allocation_seconds AS f_allocation_seconds, f.used_seconds AS f_used_seconds
          FROM conversation_time_records r
          JOIN chats c ON c.id = r.chat_id
@@ -197,10 +199,10 @@ export class SettlementService {
       [chatIds],
     );
     const rows: LockedRows = { users: [], allowances: [], chats: [], records: [] };
-    const users = new Map<string, string>();
+    const users = new Map<string, UserRow>();
     const pairs = new Map<string, AllowanceRow>();
     for (const j of joined) {
-      const { c_status, c_paused, c_started_at, c_ended_at, c_end_reason, u_balance, f_allocation_seconds, f_used_seconds, ...record } = j;
+      const { c_status, c_paused, c_started_at, c_ended_at, c_end_reason, u_balance, u_low_balance_warned, f_allocation_seconds, f_used_seconds, ...record } = j;
       rows.records.push(record);
       rows.chats.push({
         id: record.chat_id,
@@ -212,11 +214,11 @@ export class SettlementService {
         ended_at: c_ended_at,
         end_reason: c_end_reason,
       });
-      users.set(record.user_id, u_balance);
+      users.set(record.user_id, { id: record.user_id, balance: u_balance, low_balance_warned: u_low_balance_warned });
       const pair = { user_id: record.user_id, advisor_id: record.advisor_id, allocation_seconds: f_allocation_seconds, used_seconds: f_used_seconds };
       pairs.set(pairKey(pair.user_id, pair.advisor_id), pair);
     }
-    rows.users = [...users].map(([id, balance]) => ({ id, balance }));
+    rows.users = [...users.values()];
     rows.allowances = [...pairs.values()];
 
     const busy = new Set<string>();
@@ -315,7 +317,8 @@ export class SettlementService {
         throw new DomainError(ErrorCode.Unprocessable, `a balance may not exceed ${formatAmount(MAX_AMOUNT_UNITS)}`);
       }
       const balance = formatAmount(next);
-      await em.query(`UPDATE users SET balance = $2, updated_at = now() WHERE id = $1`, [userId, balance]);
+      // a new balance: its own balance:low when it runs low again
+      await em.query(`UPDATE users SET balance = $2, low_balance_warned = false, updated_at = now() WHERE id = $1`, [userId, balance]);
       const rows: LedgerRow[] = await em.query(
         `INSERT INTO ledger_entries (user_id, type, amount, balance_after, idempotency_key)
          VALUES ($1, 'topup', $2, $3, $4) RETURNING *`,
@@ -357,8 +360,8 @@ type MeterRow = RecordRow & Pick<ChatRow, 'status' | 'paused' | 'started_at'> & 
 
 /** The write of each table, reading its rows from `w.j` (see `write`). */
 const WRITES = {
-  users: `UPDATE users u SET balance = v.balance, updated_at = now()
-            FROM w, jsonb_to_recordset(w.j->'users') AS v(id text, balance numeric)
+  users: `UPDATE users u SET balance = v.balance, low_balance_warned = v.low_balance_warned, updated_at = now()
+            FROM w, jsonb_to_recordset(w.j->'users') AS v(id text, balance numeric, low_balance_warned boolean)
            WHERE u.id = v.id`,
   allowances: `UPDATE free_time_allowances f SET used_seconds = v.used_seconds, updated_at = now()
                  FROM w, jsonb_to_recordset(w.j->'allowances') AS v(user_id text, advisor_id text, used_seconds int)
@@ -397,6 +400,7 @@ interface JoinedColumns {
   c_ended_at: Date | null;
   c_end_reason: ChatRow['end_reason'];
   u_balance: string;
+  u_low_balance_warned: boolean;
   f_allocation_seconds: number;
   f_used_seconds: number;
 }

@@ -51,6 +51,8 @@ export interface ModelChat {
 /** The whole model: one user, their top-ups, their pairs' allowances, their chats. */
 export interface ModelState {
   balance: bigint;
+  /** balance:low went out for this balance (once per user; a top-up clears it). */
+  lowWarned: boolean;
   /** Top-ups by idempotency key, in units. */
   topups: Record<string, bigint>;
   /** Allowances of the user's pairs, by advisor id. */
@@ -120,7 +122,7 @@ export function creditsOf(paid: number, rate: bigint): bigint {
 /** A model with a user holding `balance`. */
 export function newModel(balance: string): ModelState {
   const opening = units(balance);
-  return { balance: opening, topups: opening > 0n ? { 'opening-balance': opening } : {}, allowances: {}, chats: [] };
+  return { balance: opening, lowWarned: false, topups: opening > 0n ? { 'opening-balance': opening } : {}, allowances: {}, chats: [] };
 }
 
 /** A new chat, with the pair's allowance created on the pair's first chat. */
@@ -210,7 +212,9 @@ export function settle(m: ModelState, policy: ModelPolicy, i: number, now: numbe
   const ended = bill(m, policy, c, now);
   const affordable = secondsAffordable(m, c);
   const low = c.status === 'active' && affordable !== null && affordable < policy.lowBalanceSeconds;
-  const lowBalance = low && !c.warned;
+  // the warning is the user's: once per balance, whichever chat runs low first
+  const lowBalance = low && !m.lowWarned;
+  if (lowBalance) m.lowWarned = true;
   c.warned = low;
   return { refused: false, ended, lowBalance, secondsAffordable: affordable };
 }
@@ -371,6 +375,7 @@ export function topUp(m: ModelState, key: string, amount: string): 'added' | 're
   if (prior !== undefined) return prior === u ? 'replayed' : 'conflict';
   m.topups[key] = u;
   m.balance += u;
+  m.lowWarned = false;
   return 'added';
 }
 
