@@ -233,7 +233,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       w.meter = meter;
       w.ended = w.ended ?? result.ended ?? (meter.status === 'ended' && w.before.status !== 'ended' ? meter.endReason : null);
       // the rules keep each chat's level (low or not) in lowBalanceWarned; the warning is the user's
-      if (meter.status === 'active' && result.chat.lowBalanceWarned && !warned.get(chat.user_id)) {
+      if (result.chat.lowBalanceWarned && !warned.get(chat.user_id)) {
         warned.set(chat.user_id, true);
         w.lowBalance = true;
       }
