@@ -358,6 +358,7 @@ describe('billing against a reference model (property, real database)', function
       { numRuns: Number(process.env.PROPERTY_RUNS ?? 60), seed: process.env.PROPERTY_SEED ? Number(process.env.PROPERTY_SEED) : undefined, path: process.env.PROPERTY_PATH },
     );
     expect(runs).to.be.at.least(1);
+    if (process.env.PROPERTY_PATH) return; // a replay of one case: the coverage of a whole run doesn't apply
     expect(coverage.paid, 'runs that billed paid seconds').to.be.greaterThan(0);
     expect(coverage.free, 'runs that billed free seconds').to.be.greaterThan(0);
   });
