@@ -132,6 +132,16 @@ describe('client SDK (scripted server)', () => {
     expect(session.secondsLeft(), 'paused: the snapshot, not a countdown').to.equal(97);
   });
 
+  it('shares one join and one session between two joins of a chat at once', async () => {
+    let joins = 0;
+    const srv = await server({ 'chat:join': (_s, _p, ack) => (joins++, ack(joinAck())) });
+    const client = open({ url: srv.url, token: tokenFor('user') });
+    const [a, b] = await Promise.all([client.joinChat('c1'), client.joinChat('c1')]);
+    expect(a).to.equal(b);
+    expect(joins).to.equal(1);
+    expect(await client.joinChat('c1'), 'a later join returns the same session').to.equal(a);
+  });
+
   it('answers null from secondsLeft() when the rate is 0 (unlimited)', async () => {
     const srv = await server({ 'chat:join': (_s, _p, ack) => ack(joinAck(snapshot({ secondsAffordable: null }))) });
     const session = await open({ url: srv.url, token: tokenFor('user') }).joinChat('c1');

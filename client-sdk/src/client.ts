@@ -79,8 +79,9 @@ export class Client extends Emitter<ClientEvents> {
   readonly #backoff: Backoff;
   readonly #clock: ServerClock;
   readonly #sessions = new Map<string, ChatSession>();
-  /** chatId → pushes received while a join of that chat awaits its answer. */
-  readonly #joining = new Map<string, Array<Array<{ meter: MeterSnapshot; reason?: EndReason }>>>();
+  readonly #joins = new Map<string, Promise<ChatSession>>();
+  /** chatId → pushes received while the join of that chat awaits its answer (one join per chat at a time). */
+  readonly #overtaking = new Map<string, Array<{ meter: MeterSnapshot; reason?: EndReason }>>();
   #dashboard: Dashboard | null = null;
   #token: string | undefined;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -126,12 +127,21 @@ export class Client extends Emitter<ClientEvents> {
    * Joins a chat: a session with the chat, its latest meter, and its pushes. A user's session
    * heartbeats by itself until `leave()`. Joining a chat already joined returns its session.
    */
-  async joinChat(chatId: string): Promise<ChatSession> {
+  joinChat(chatId: string): Promise<ChatSession> {
+    // two joins of one chat at once share one answer and one session
+    let join = this.#joins.get(chatId);
+    if (!join) {
+      join = this.#join(chatId).finally(() => this.#joins.delete(chatId));
+      this.#joins.set(chatId, join);
+    }
+    return join;
+  }
+
+  async #join(chatId: string): Promise<ChatSession> {
     const existing = this.#sessions.get(chatId);
     // pushes that overtake the join's answer (a meter sent right after it, in the same read) are kept for the session
     const early: Array<{ meter: MeterSnapshot; reason?: EndReason }> = [];
-    const joins = this.#joining.get(chatId) ?? [];
-    this.#joining.set(chatId, [...joins, early]);
+    this.#overtaking.set(chatId, early);
     try {
       const sentAt = this.#now();
       const ack = await this.call('chat:join', { chatId });
@@ -142,9 +152,7 @@ export class Client extends Emitter<ClientEvents> {
       for (const { meter, reason } of early) session.overtaken(meter, reason);
       return session;
     } finally {
-      const rest = this.#joining.get(chatId)?.filter((b) => b !== early) ?? [];
-      if (rest.length) this.#joining.set(chatId, rest);
-      else this.#joining.delete(chatId);
+      this.#overtaking.delete(chatId);
     }
   }
 
@@ -227,12 +235,12 @@ export class Client extends Emitter<ClientEvents> {
     socket.io.on('packet', () => (this.#lastMessageAt = this.#now()));
     socket.io.on('ping', () => (this.#lastMessageAt = this.#now()));
     socket.on('meter', (m) => {
-      for (const early of this.#joining.get(m.chatId) ?? []) early.push({ meter: m });
+      this.#overtaking.get(m.chatId)?.push({ meter: m });
       this.#sessions.get(m.chatId)?.push(m);
       this.#dashboard?.meter(m);
     });
     socket.on('chat:ended', (e) => {
-      for (const early of this.#joining.get(e.chatId) ?? []) early.push({ meter: e.meter, reason: e.reason });
+      this.#overtaking.get(e.chatId)?.push({ meter: e.meter, reason: e.reason });
       this.#sessions.get(e.chatId)?.ended(e.reason, e.meter);
       this.#dashboard?.ended(e.chatId);
     });

@@ -95,6 +95,8 @@ export class ChatSession extends Emitter<SessionEvents> {
   async leave(): Promise<void> {
     this.stop();
     this.client.forget(this);
+    // not connected: the server already dropped this socket's presence, and a reconnect won't rejoin
+    if (this.client.state !== 'connected') return;
     try {
       await this.client.call('chat:leave', { chatId: this.chatId });
     } catch (err) {
