@@ -192,6 +192,53 @@ describe('client SDK (scripted server)', () => {
     expect(srv.heartbeats).to.have.length(0);
   });
 
+  describe('waking up (a browser page: online, pageshow, visibilitychange)', () => {
+    const page = globalThis as { addEventListener?: unknown; removeEventListener?: unknown };
+    let target: EventTarget;
+    beforeEach(() => {
+      target = new EventTarget();
+      page.addEventListener = target.addEventListener.bind(target);
+      page.removeEventListener = target.removeEventListener.bind(target);
+    });
+    afterEach(() => {
+      delete page.addEventListener;
+      delete page.removeEventListener;
+    });
+
+    it('retries at once instead of waiting out the backoff', async () => {
+      const http = createServer();
+      await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+      const port = (http.address() as AddressInfo).port;
+      await new Promise<void>((r) => http.close(() => r())); // nobody listens: the first attempt fails
+      const client = open({ url: `http://127.0.0.1:${port}`, token: tokenFor('user'), backoff: { baseMs: 60_000, capMs: 60_000, random: () => 0.99 } });
+      const srv = await eventually(async () => {
+        if (client.state !== 'connecting') return null;
+        await new Promise((r) => setTimeout(r, 300)); // the failed attempt is over: a minute's wait is set
+        const io = new Server(port);
+        closers.push(() => new Promise<void>((r) => io.close(() => r())));
+        return io;
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(client.state, 'still waiting out the backoff').to.equal('connecting');
+      target.dispatchEvent(new Event('online'));
+      await eventually(() => client.state === 'connected', 3000);
+      expect(srv.engine.clientsCount).to.equal(1);
+    });
+
+    it('replaces a connection silent for 45 s by wall time, and keeps one that is not', async () => {
+      let now = Date.now();
+      const srv = await server({ 'chat:join': (_s, _p, ack) => ack(joinAck()) });
+      const client = open({ url: srv.url, token: tokenFor('user'), now: () => now });
+      await client.joinChat('c1');
+      target.dispatchEvent(new Event('online'));
+      await new Promise((r) => setTimeout(r, 200));
+      expect(srv.sockets, 'a live connection stays').to.have.length(1);
+      now += 46_000; // the page slept: no timer ran, nothing was heard
+      target.dispatchEvent(new Event('pageshow'));
+      await eventually(() => srv.sockets.length === 2 && client.state === 'connected', 3000);
+    });
+  });
+
   it('waits for the connection before a call, within timeoutMs', async () => {
     const srv = await server({ 'chat:join': (_s, _p, ack) => ack(joinAck()) });
     const client = open({ url: srv.url, token: tokenFor('user') });

@@ -31,8 +31,8 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Our clock in ms since the epoch; for tests (default `Date.now`). */
   now?: () => number;
-  /** Backoff between reconnects: the first window and the cap, in ms (default 500 and 20000). */
-  backoff?: { baseMs?: number; capMs?: number };
+  /** Backoff between reconnects: the first window and the cap, in ms (default 500 and 20000); `random` for tests. */
+  backoff?: { baseMs?: number; capMs?: number; random?: () => number };
 }
 
 /** The user's balance, pushed after a top-up or a refund. */
@@ -95,7 +95,7 @@ export class Client extends Emitter<ClientEvents> {
     this.#options = options;
     this.#now = options.now ?? Date.now;
     this.timeoutMs = options.timeoutMs ?? 10_000;
-    this.#backoff = new Backoff(options.backoff?.baseMs, options.backoff?.capMs);
+    this.#backoff = new Backoff(options.backoff?.baseMs, options.backoff?.capMs, options.backoff?.random);
     this.#clock = new ServerClock(this.#now);
     this.#token = options.token;
     this.#lastMessageAt = this.#now();
@@ -400,18 +400,21 @@ function readClaims(token: string | undefined): Principal {
 
 /** Calls `wake` when a browser page becomes visible, is restored, or goes online; nothing outside a browser. */
 function hookPage(wake: () => void): () => void {
-  const target = globalThis as { addEventListener?: Window['addEventListener']; removeEventListener?: Window['removeEventListener']; document?: Document };
-  if (typeof target.addEventListener !== 'function' || !target.removeEventListener) return () => undefined;
+  const page = globalThis as { addEventListener?: Window['addEventListener']; removeEventListener?: Window['removeEventListener']; document?: Document };
+  if (typeof page.addEventListener !== 'function' || typeof page.removeEventListener !== 'function') return () => undefined;
+  const add = page.addEventListener.bind(page);
+  const remove = page.removeEventListener.bind(page);
+  const doc = page.document;
   const onVisibility = () => {
-    if (target.document?.visibilityState === 'visible') wake();
+    if (doc?.visibilityState === 'visible') wake();
   };
-  target.addEventListener('online', wake);
-  target.addEventListener('pageshow', wake);
-  target.document?.addEventListener('visibilitychange', onVisibility);
+  add('online', wake);
+  add('pageshow', wake);
+  doc?.addEventListener('visibilitychange', onVisibility);
   return () => {
-    target.removeEventListener!('online', wake);
-    target.removeEventListener!('pageshow', wake);
-    target.document?.removeEventListener('visibilitychange', onVisibility);
+    remove('online', wake);
+    remove('pageshow', wake);
+    doc?.removeEventListener('visibilitychange', onVisibility);
   };
 }
 
