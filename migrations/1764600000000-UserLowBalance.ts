@@ -10,6 +10,11 @@ export class UserLowBalance1764600000000 implements MigrationInterface {
 
   async up(q: QueryRunner): Promise<void> {
     await q.query(`ALTER TABLE users ADD COLUMN low_balance_warned boolean NOT NULL DEFAULT false`);
+    // users already warned in a chat still low stay warned: no second warning at the first tick after the deploy
+    await q.query(
+      `UPDATE users u SET low_balance_warned = true
+        WHERE EXISTS (SELECT 1 FROM conversation_time_records r WHERE r.user_id = u.id AND r.is_active AND r.low_balance_warned)`,
+    );
   }
 
   async down(q: QueryRunner): Promise<void> {

@@ -306,6 +306,24 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
     });
   });
 
+  describe('a leave right behind a join', () => {
+    it('cancels the join: the leave is answered ok, the join conflict, and the meter does not run on', async () => {
+      const r = await running({ free: 0, balance: '100' });
+      const tab = await node.connect(r.userId, 'user');
+      // a second tab sends a join and at once a leave, as a client leaving during its rejoin does
+      const [joined, left] = await Promise.all([call(tab, 'chat:join', { chatId: r.chatId }), call(tab, 'chat:leave', { chatId: r.chatId })]);
+      expect(left.ok, JSON.stringify(left)).to.equal(true);
+      expect(joined.ok ? 'ok' : joined.error.code).to.equal('conflict');
+      r.tab.disconnect(); // the first tab goes: nobody is present
+      await waitFor(r.advisor, 'meter', (m) => m.state === 'away', 2000);
+      const after = collect(r.advisor, 'meter');
+      const since = Date.now();
+      await eventually(() => Date.now() - since > 700); // past the heartbeat window (300 + 200 ms)
+      expect(after.filter((m) => m.state === 'running'), 'the cancelled join left no presence behind').to.deep.equal([]);
+      expect((await call(tab, 'heartbeat', { chatId: r.chatId })).error.code).to.equal('conflict');
+    });
+  });
+
   describe('abandonment', () => {
     it('ends a chat nobody comes back to with reason abandoned', async () => {
       await node.close();

@@ -123,8 +123,10 @@ describe('client SDK (real node)', () => {
   it('connects with a fresh token when getToken gives another after a refusal', async () => {
     const good = await node.token('u1', 'user');
     const tokens = ['expired-or-bad', good];
-    const client = open({ getToken: () => tokens.shift() ?? good });
+    let asked = 0;
+    const client = open({ getToken: () => (asked++, tokens.shift() ?? good) });
     await eventually(() => client.state === 'connected');
+    expect(asked, 'once before the first attempt, once after the refusal: its answer is used').to.equal(2);
   });
 
   it('asks getToken before every reconnect, rejoins after the server closes the transport, and the listeners go on', async () => {

@@ -142,6 +142,84 @@ describe('client SDK (scripted server)', () => {
     expect(await client.joinChat('c1'), 'a later join returns the same session').to.equal(a);
   });
 
+  describe('dashboard', () => {
+    const listed = (id: string, over: Partial<typeof chatView> = {}) => ({ chat: { ...chatView, id, status: 'pending', startedAt: null, ...over }, meter: null });
+
+    it('keeps a chat created while its first list is read', async () => {
+      const srv = await server({
+        'advisor:chats': (s, _p, ack) => {
+          // created after the list was read, pushed before the answer
+          s.emit('chat:created', { chat: { ...chatView, id: 'c2', status: 'pending' } });
+          ack({ ok: true, chats: [listed('c1')] });
+        },
+      });
+      const dashboard = await open({ url: srv.url, token: tokenFor('advisor') }).watchDashboard();
+      expect([...dashboard.chats.keys()].sort()).to.deep.equal(['c1', 'c2']);
+    });
+
+    it('shows a listed chat as its newer meter says, not as the older list does', async () => {
+      let lists = 0;
+      const srv = await server({
+        'advisor:chats': (_s, _p, ack) => ack({ ok: true, chats: [listed('c1')], n: ++lists }),
+      });
+      const client = open({ url: srv.url, token: tokenFor('advisor') });
+      const dashboard = await client.watchDashboard();
+      srv.sockets[0]!.emit('meter', snapshot({ seq: 5, state: 'paused' }));
+      await eventually(() => dashboard.chats.get('c1')?.meter?.seq === 5);
+      await client.watchDashboard(); // a list read before the start arrives after the meter
+      expect(dashboard.chats.get('c1')!.chat.status).to.equal('active');
+      expect(dashboard.chats.get('c1')!.meter!.state).to.equal('paused');
+    });
+
+    it('reads the list again when a meter of an unknown chat comes, retrying a refusal for a passing reason', async () => {
+      let lists = 0;
+      const srv = await server({
+        'advisor:chats': (_s, _p, ack) => {
+          lists++;
+          if (lists === 1) return ack({ ok: true, chats: [listed('c1')] });
+          if (lists === 2) return ack({ ok: false, error: { code: 'rate_limited', message: 'slow down' } });
+          ack({ ok: true, chats: [listed('c1'), listed('c2', { status: 'active' })] });
+        },
+      });
+      const dashboard = await open({ url: srv.url, token: tokenFor('advisor') }).watchDashboard();
+      srv.sockets[0]!.emit('meter', snapshot({ chatId: 'c2', seq: 3 }));
+      await eventually(() => dashboard.chats.has('c2'), 4000);
+      expect(lists).to.equal(3);
+    });
+
+    it('rejects the first watchDashboard() of a user with forbidden', async () => {
+      const srv = await server({ 'advisor:chats': (_s, _p, ack) => ack({ ok: false, error: { code: 'forbidden', message: 'advisors only' } }) });
+      const client = open({ url: srv.url, token: tokenFor('user') });
+      const err = await client.watchDashboard().catch((e: unknown) => e);
+      expect(err).to.include({ code: 'forbidden' });
+    });
+  });
+
+  it('tries the last token when getToken throws or hangs on a reconnect', async () => {
+    let mode: 'ok' | 'throw' | 'hang' = 'ok';
+    let asked = 0;
+    const srv = await server({ 'chat:join': (_s, _p, ack) => ack(joinAck()) });
+    const client = open({
+      url: srv.url,
+      timeoutMs: 300,
+      backoff: { baseMs: 20, capMs: 50 },
+      getToken: () => {
+        asked++;
+        if (mode === 'throw') throw new Error('token endpoint down');
+        if (mode === 'hang') return new Promise<string>(() => undefined);
+        return tokenFor('user');
+      },
+    });
+    await client.joinChat('c1');
+    for (const m of ['throw', 'hang'] as const) {
+      mode = m;
+      const before = srv.sockets.length;
+      srv.sockets.at(-1)!.disconnect(true);
+      await eventually(() => srv.sockets.length === before + 1 && client.state === 'connected', 3000);
+    }
+    expect(asked).to.equal(3);
+  });
+
   it('answers null from secondsLeft() when the rate is 0 (unlimited)', async () => {
     const srv = await server({ 'chat:join': (_s, _p, ack) => ack(joinAck(snapshot({ secondsAffordable: null }))) });
     const session = await open({ url: srv.url, token: tokenFor('user') }).joinChat('c1');

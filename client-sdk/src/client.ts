@@ -143,9 +143,7 @@ export class Client extends Emitter<ClientEvents> {
     const early: Array<{ meter: MeterSnapshot; reason?: EndReason }> = [];
     this.#overtaking.set(chatId, early);
     try {
-      const sentAt = this.#now();
       const ack = await this.call('chat:join', { chatId });
-      this.#clock.sample(sentAt, this.#now(), ack.meter.serverTime);
       const session = existing ?? new ChatSession(this, chatId, ack.chat, ack.meter, this.#clock);
       this.#sessions.set(chatId, session);
       session.joined(ack.chat, ack.meter, ack.heartbeatIntervalMs, !existing);
@@ -158,14 +156,18 @@ export class Client extends Emitter<ClientEvents> {
 
   /** Advisor only: a live map of the advisor's pending and active chats, kept current by pushes. */
   async watchDashboard(): Promise<Dashboard> {
-    if (this.#dashboard) {
-      await this.#dashboard.refresh();
-      return this.#dashboard;
+    // listening before the first read: a chat created or ended meanwhile is not lost
+    const dashboard = (this.#dashboard ??= new Dashboard(async () => (await this.call('advisor:chats', {})).chats));
+    try {
+      await dashboard.refresh();
+    } catch (err) {
+      if (!dashboard.loaded) {
+        dashboard.stop();
+        if (this.#dashboard === dashboard) this.#dashboard = null;
+      }
+      throw err;
     }
-    const { chats } = await this.call('advisor:chats', {});
-    this.#dashboard ??= new Dashboard(async () => (await this.call('advisor:chats', {})).chats);
-    this.#dashboard.load(chats);
-    return this.#dashboard;
+    return dashboard;
   }
 
   /** Leaves every chat and disconnects; no timer is left running. Final. */
@@ -177,6 +179,7 @@ export class Client extends Emitter<ClientEvents> {
       session.stop();
     }
     this.#sessions.clear();
+    this.#dashboard?.stop();
     this.#setState('closed');
     this.#socket.disconnect();
   }
@@ -189,9 +192,12 @@ export class Client extends Emitter<ClientEvents> {
     const deadline = this.#now() + this.timeoutMs;
     await this.#connected(deadline);
     const socket = this.#socket.timeout(Math.max(1, deadline - this.#now()));
-    let ack: { ok: boolean; error?: { code: ChatmeterError['code']; message: string } };
+    let ack: { ok: boolean; error?: { code: ChatmeterError['code']; message: string }; meter?: { serverTime?: string } };
+    // the round trip starts at the send, not at the wait for a connection: the clock's sample depends on it
+    const sentAt = this.#now();
     try {
       ack = await (socket.emitWithAck as (e: string, p: unknown) => Promise<typeof ack>)(event, payload);
+      if (ack.ok && ack.meter?.serverTime) this.#clock.sample(sentAt, this.#now(), ack.meter.serverTime);
     } catch (err) {
       throw (err as Error).message.includes('timed out')
         ? new ChatmeterError('timeout', `${event}: no answer within ${this.timeoutMs} ms`)
@@ -249,17 +255,17 @@ export class Client extends Emitter<ClientEvents> {
     socket.on('balance:low', (b) => this.emit('balanceLow', { userId: b.userId, balance: b.balance, secondsAffordable: b.secondsAffordable }));
   }
 
-  /** One connection attempt: a token from `getToken` (or the fixed one), then the socket. */
-  async #open(): Promise<void> {
+  /**
+   * One connection attempt: a token from `getToken` (or `fresh`, one it just gave), then the socket.
+   * A getToken that throws, gives nothing or doesn't answer within timeoutMs here is taken for a
+   * passing failure (the token endpoint is down with the network): the last token is tried, and
+   * only the server's refusal of it ends the client.
+   */
+  async #open(fresh?: string): Promise<void> {
     const attempt = ++this.#attempt;
-    if (this.#options.getToken) {
-      // getToken's answer is the token: nothing, or a throw, ends the client (SPEC 7); a getToken
-      // that should ride out a flaky token endpoint retries inside itself
-      const token = await this.#askToken();
-      if (attempt !== this.#attempt || this.#final()) return;
-      if (!token) return this.#fail();
-      this.#token = token;
-    }
+    const token = fresh ?? (this.#options.getToken ? await this.#askToken() : undefined);
+    if (attempt !== this.#attempt || this.#final()) return;
+    if (token) this.#token = token;
     this.#socket.connect();
   }
 
@@ -271,26 +277,32 @@ export class Client extends Emitter<ClientEvents> {
     this.#waiters.clear();
     // rejoin every session: each emits meters again only from the fresh snapshot of its join
     for (const session of this.#sessions.values()) void session.rejoin();
-    void this.#dashboard?.refresh();
+    this.#dashboard?.reload();
   }
 
   async #onConnectError(err: Error): Promise<void> {
     if (this.#final()) return;
     if (err.message !== 'unauthorized') return this.#retryLater();
-    // a refusal is terminal unless getToken gives another token
+    // a refusal is terminal unless getToken gives another token, which the next attempt uses
     const refused = this.#token;
     const fresh = this.#options.getToken ? await this.#askToken() : undefined;
     if (this.#final()) return;
     if (!fresh || fresh === refused) return this.#fail();
-    this.#retryLater();
+    this.#retryLater(fresh);
   }
 
-  /** getToken's answer; undefined when it gave nothing or threw. */
+  /** getToken's answer within timeoutMs; undefined when it gave nothing, threw or took longer. */
   async #askToken(): Promise<string | undefined> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      return (await this.#options.getToken!()) || undefined;
+      const late = new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), this.timeoutMs);
+      });
+      return (await Promise.race([Promise.resolve(this.#options.getToken!()), late])) || undefined;
     } catch {
       return undefined;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -301,11 +313,11 @@ export class Client extends Emitter<ClientEvents> {
     this.#retryLater();
   }
 
-  #retryLater(): void {
+  #retryLater(fresh?: string): void {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
-      void this.#open();
+      void this.#open(fresh);
     }, this.#backoff.next());
   }
 

@@ -121,9 +121,7 @@ export class ChatSession extends Emitter<SessionEvents> {
   async rejoin(): Promise<void> {
     if (this.#stopped) return;
     try {
-      const sentAt = this.client.now();
       const ack = await this.client.call('chat:join', { chatId: this.chatId });
-      this.clock.sample(sentAt, this.client.now(), ack.meter.serverTime);
       if (!this.#stopped) this.joined(ack.chat, ack.meter, ack.heartbeatIntervalMs, false);
     } catch (err) {
       const code = err instanceof ChatmeterError ? err.code : 'internal';
@@ -189,9 +187,7 @@ export class ChatSession extends Emitter<SessionEvents> {
   }
 
   async #command(event: 'chat:start' | 'chat:pause' | 'chat:resume' | 'chat:end'): Promise<MeterSnapshot> {
-    const sentAt = this.client.now();
     const ack = await this.client.call(event, { chatId: this.chatId });
-    this.clock.sample(sentAt, this.client.now(), ack.meter.serverTime);
     this.#chat = ack.chat;
     if (ack.meter.state === 'ended') this.ended(ack.chat.endReason ?? 'ended_by_platform', ack.meter);
     else this.push(ack.meter);

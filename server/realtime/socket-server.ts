@@ -34,7 +34,7 @@ export interface SocketData {
   principal: Principal;
   /** When the handshake's token expires (epoch ms): events after it are refused `unauthorized`. */
   expiresAt: number;
-  /** Chats this socket joined, with their pair room. */
+  /** Chats this socket joined (or is joining: the pair room is then JOINING), with their pair room. */
   chats: Map<string, string>;
   /** The timer that closes the transport at the token's expiry. */
   expiry: unknown;
@@ -105,6 +105,9 @@ export function createPublisher(io: ChatServer, log: Logger, metrics: Metrics): 
     }
   };
 }
+
+/** The pair room of a chat whose join is under way (in `socket.data.chats`). */
+const JOINING = '';
 
 /** Installs the handshake check and every client event handler on `io`. */
 export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
@@ -213,7 +216,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     const pair = socket.data.chats.get(chatId);
     socket.data.chats.delete(chatId);
     void socket.leave(`chat:${chatId}`);
-    if (pair && ![...socket.data.chats.values()].includes(pair)) void socket.leave(pair);
+    if (pair && pair !== JOINING && ![...socket.data.chats.values()].includes(pair)) void socket.leave(pair);
     if (socket.data.principal.role === 'user') {
       const last = await d.presence.leave(chatId, socket.id, d.clock.now());
       if (last) await d.meters.presenceChanged(chatId);
@@ -225,11 +228,25 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       'chat:join',
       handler('chat:join', ChatRefSchema, async (socket, { chatId }) => {
         const { principal } = socket.data;
-        const chat = await d.meters.open(chatId, (c) => member(socket, c));
+        // the chat counts as joined from now on, so a leave sent right behind this join (a client
+        // leaving while its rejoin is on the way) cancels it instead of being refused and outlived
+        if (!socket.data.chats.has(chatId)) socket.data.chats.set(chatId, JOINING);
+        let chat;
+        try {
+          chat = await d.meters.open(chatId, (c) => member(socket, c));
+        } catch (err) {
+          if (socket.data.chats.get(chatId) === JOINING) socket.data.chats.delete(chatId);
+          throw err;
+        }
         if (!socket.connected) throw new ConflictError('the socket disconnected while joining');
+        if (!socket.data.chats.has(chatId)) throw new ConflictError(`left chat ${chatId} while joining it`);
         const rooms = [`chat:${chatId}`];
         if (principal.role === 'user') rooms.push(pairRoom(chat.userId, chat.advisorId));
         await socket.join(rooms);
+        if (!socket.data.chats.has(chatId)) {
+          for (const room of rooms) void socket.leave(room);
+          throw new ConflictError(`left chat ${chatId} while joining it`);
+        }
         socket.data.chats.set(chatId, pairRoom(chat.userId, chat.advisorId));
         let meter = null;
         if (principal.role === 'user' && chat.status !== 'ended') {
