@@ -7,8 +7,9 @@ import { FreeTimeAllowance } from './free-time-allowance.js';
 import { LedgerEntry } from './ledger-entry.js';
 import { SettlementShard } from './settlement-shard.js';
 import { User } from './user.js';
+import { WebhookEvent } from './webhook-event.js';
 
-export { Advisor, Chat, ClusterNode, ClusterSetting, ConversationTimeRecord, FreeTimeAllowance, LedgerEntry, SettlementShard, User };
+export { Advisor, Chat, ClusterNode, ClusterSetting, ConversationTimeRecord, FreeTimeAllowance, LedgerEntry, SettlementShard, User, WebhookEvent };
 
 /** Every entity, listed explicitly so the same data source works from `.ts` and built `.js`. */
-export const entities = [User, Advisor, Chat, FreeTimeAllowance, ConversationTimeRecord, LedgerEntry, ClusterSetting, ClusterNode, SettlementShard];
+export const entities = [User, Advisor, Chat, FreeTimeAllowance, ConversationTimeRecord, LedgerEntry, ClusterSetting, ClusterNode, SettlementShard, WebhookEvent];

@@ -3,7 +3,7 @@
  * apart from listening, so tests build apps on port 0 and `server/main.ts` only
  * reads config, calls this and handles signals.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import { createAdapter } from '@socket.io/redis-adapter';
@@ -32,6 +32,9 @@ import { Ticker } from './metering/ticker.js';
 import { Metrics } from './metrics.js';
 import { type ChatServer, attachRealtime, createPublisher } from './realtime/socket-server.js';
 import { Tokens } from './tokens.js';
+import { WebhookDeliveries } from './webhooks/deliveries.js';
+import { WebhookDispatcher } from './webhooks/dispatcher.js';
+import { builtInReceiver } from './webhooks/receiver.js';
 
 /** Things a caller may supply instead of the defaults (tests, benchmarks). */
 export interface AppDeps {
@@ -94,7 +97,12 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
 
   const policy = { abandonTimeoutMs: config.abandonTimeoutMs, lowBalanceSeconds: config.lowBalanceSeconds };
   const accounts = new Accounts(ds, { freeTimeSeconds: config.freeTimeSeconds });
-  const engine = new SettlementService(ds, policy);
+  // webhooks (SPEC 8): events recorded with their changes, delivered by this node's dispatcher (and any other's)
+  const dispatcher = config.webhook
+    ? new WebhookDispatcher(ds, log, metrics, { url: config.webhook.url, secret: config.webhook.secret, timeoutMs: config.webhook.timeoutMs, retryBaseMs: config.webhook.retryBaseMs })
+    : null;
+  const engine = new SettlementService(ds, policy, dispatcher ? { newId: randomUUID, recorded: () => dispatcher.poke() } : null);
+  const deliveries = new WebhookDeliveries(ds, () => dispatcher?.poke());
   const records = new TimeRecords(ds);
   const tokens = new Tokens(config.jwtSecret);
 
@@ -127,6 +135,8 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   app.disable('x-powered-by');
   // plain-http deployments (and ws://) must keep working: no upgrade-insecure-requests
   app.use(helmet({ contentSecurityPolicy: { directives: { upgradeInsecureRequests: null } } }));
+  // before the JSON parser: it verifies signatures over the raw body
+  if (config.webhook?.builtInReceiver) app.use(builtInReceiver(config.webhook.secret, log));
   app.use(express.json({ limit: '16kb' }));
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true, node: nodeId });
@@ -151,6 +161,10 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     metrics.leaseShards.set(status.shards);
     metrics.clusterNodes.set(status.nodes);
     if (redis) metrics.redisUp.set(redis.pub.isReady && redis.sub.isReady ? 1 : 0);
+    if (dispatcher) {
+      const counts = await deliveries.counts().catch(() => null);
+      if (counts) for (const [status, n] of Object.entries(counts)) metrics.webhookEvents.set({ status }, n);
+    }
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
@@ -230,6 +244,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       log,
       notifyBalance: (userId, balance) => io.to(`user:${userId}`).emit('balance', { userId, balance }),
       notifyChatCreated: (chat) => io.to(`advisor:${chat.advisorId}`).emit('chat:created', { chat }),
+      deliveries,
     }),
   );
   app.use((_req, res) => {
@@ -270,6 +285,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       });
       await cluster.start();
       await ticker.start();
+      dispatcher?.start();
       await new Promise<void>((resolve, reject) => {
         http.once('error', reject);
         // a connect storm outruns node's default backlog of 511: dropped SYNs come back 1, 3, 7 s
@@ -310,6 +326,8 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       await stopped;
       // settlements a request started after the ticker stopped (a top-up's refresh) finish before the pool closes
       await withTimeout(ticker.settled(), 5000);
+      // a delivery in flight ends within its timeout; one cut short is claimed again by another node later
+      if (dispatcher) await withTimeout(dispatcher.stop(), config.webhook!.timeoutMs);
       if (redis) {
         // a deliberate close, not an outage
         for (const c of [redis.pub, redis.sub]) c.removeAllListeners('end').removeAllListeners('reconnecting');

@@ -23,10 +23,18 @@ const schema = z.object({
     emptyAsUnset,
     z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   ),
+  WEBHOOK_URL: z.preprocess(
+    emptyAsUnset,
+    z.string().refine((u) => URL.canParse(u) && /^https?:$/.test(new URL(u).protocol), 'must be an http(s) URL').optional(),
+  ),
+  WEBHOOK_SECRET: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
+  WEBHOOK_TIMEOUT_MS: z.preprocess(emptyAsUnset, ms(10_000)),
   CLUSTER_LEASE_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().min(300).max(60_000).default(1500)),
   // test hooks: a node whose clock is wrong, and a node that settles chats it holds no lease on
   CHATMETER_TEST_CLOCK_SKEW_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().default(0)),
   CHATMETER_TEST_SETTLE_UNOWNED: z.preprocess(emptyAsUnset, z.enum(['0', '1']).default('0')),
+  // test hook: the first webhook retry's delay (SPEC: 5 s), so tests see a retry without waiting
+  CHATMETER_TEST_WEBHOOK_RETRY_MS: z.preprocess(emptyAsUnset, ms(5000)),
 });
 
 /** The validated configuration of one node (SPEC section 4). */
@@ -50,6 +58,8 @@ export interface Config {
   logLevel: string;
   /** How long a settlement lease and a node's membership last without renewal (many nodes). */
   clusterLeaseMs: number;
+  /** Webhooks (SPEC 8); null without WEBHOOK_URL. */
+  webhook: WebhookConfig | null;
   /** Test hooks, never set in production. */
   test: {
     /** Added to this node's clock (the database clock sync must correct it). */
@@ -57,6 +67,17 @@ export interface Config {
     /** Settle every chat on every tick, leased or not, without a fence (two settlers at once). */
     settleUnowned: boolean;
   };
+}
+
+/** Where and how events are delivered. */
+export interface WebhookConfig {
+  url: string;
+  secret: string;
+  timeoutMs: number;
+  /** The first retry's delay; doubles each time. */
+  retryBaseMs: number;
+  /** True when the node itself receives them (`npm start` on the embedded database, for a newcomer to see events). */
+  builtInReceiver: boolean;
 }
 
 /** Thrown with every bad variable listed, so the operator fixes them all at once. */
@@ -86,6 +107,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { node?: 
       );
     }
   }
+  if (e.WEBHOOK_URL && !e.WEBHOOK_SECRET) {
+    throw new ConfigError('invalid configuration:\n  WEBHOOK_SECRET: required with WEBHOOK_URL (16 characters at least; receivers verify signatures with it)');
+  }
   return {
     port: e.PORT,
     databaseUrl: e.DATABASE_URL ?? null,
@@ -103,6 +127,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { node?: 
     corsOrigins: (e.CORS_ORIGINS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     logLevel: e.LOG_LEVEL,
     clusterLeaseMs: e.CLUSTER_LEASE_MS,
+    webhook: e.WEBHOOK_URL
+      ? { url: e.WEBHOOK_URL, secret: e.WEBHOOK_SECRET!, timeoutMs: e.WEBHOOK_TIMEOUT_MS, retryBaseMs: e.CHATMETER_TEST_WEBHOOK_RETRY_MS, builtInReceiver: false }
+      : null,
     test: { clockSkewMs: e.CHATMETER_TEST_CLOCK_SKEW_MS, settleUnowned: e.CHATMETER_TEST_SETTLE_UNOWNED === '1' },
   };
 }

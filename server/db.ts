@@ -95,3 +95,9 @@ function alive(pid: number): boolean {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
+
+/** The rows of an UPDATE ... RETURNING: TypeORM answers it with [rows, rowCount], an INSERT or SELECT with the rows. */
+export async function updateReturning<T>(q: Pick<DataSource, 'query'>, sql: string, params: unknown[]): Promise<T[]> {
+  const result: unknown = await q.query(sql, params);
+  return (Array.isArray(result) && Array.isArray(result[0]) ? result[0] : result) as T[];
+}

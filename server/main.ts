@@ -1,7 +1,9 @@
 /** Starts one node: config → createApp → listen; SIGTERM/SIGINT shut it down in order. */
+import { randomBytes } from 'node:crypto';
 import { createApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { loadDemo } from './demo.js';
+import { RECEIVER_PATH } from './webhooks/receiver.js';
 
 async function main(): Promise<void> {
   let config;
@@ -13,6 +15,19 @@ async function main(): Promise<void> {
       process.exit(2);
     }
     throw err;
+  }
+  if (!config.databaseUrl && !config.webhook && config.port !== 0) {
+    // a fresh machine: events go to a receiver inside this node, which logs them (SPEC 8)
+    config = {
+      ...config,
+      webhook: {
+        url: `http://127.0.0.1:${config.port}${RECEIVER_PATH}`,
+        secret: randomBytes(24).toString('base64url'),
+        timeoutMs: 10_000,
+        retryBaseMs: 5000,
+        builtInReceiver: true,
+      },
+    };
   }
   const app = await createApp(config, {
     onLostSingleNode: () => app.close({ exit: true }).catch(() => process.exit(1)),
@@ -31,6 +46,7 @@ async function main(): Promise<void> {
     const demo = await loadDemo(app, base, Date.now());
     app.log.info({ chatId: demo.chatId, userId: 'demo-user', advisorId: 'demo-advisor' }, 'demo data loaded');
     banner.push('Demo (open both; the advisor starts the chat):', `  user tab:          ${demo.userPage}`, `  advisor dashboard: ${demo.advisorPage}`);
+    if (config.webhook?.builtInReceiver) banner.push(`Webhooks go to the built-in receiver at ${RECEIVER_PATH} (logged as "webhook received"); set WEBHOOK_URL for yours`);
   }
   process.stdout.write(`\n${banner.map((l) => `  ${l}`).join('\n')}\n\n`);
 

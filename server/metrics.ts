@@ -41,6 +41,25 @@ export class Metrics implements TickerMetrics, ClusterMetrics {
     help: '1 while presence is this node\'s sockets only (Redis down or catching up)',
     registers: [this.registry],
   });
+  readonly webhookAttempts = new Counter({
+    name: 'chatmeter_webhook_attempts_total',
+    help: 'Webhook delivery attempts by outcome: delivered, retry (will be tried again), gave_up (failed after 24 h)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly webhookLatency = new Histogram({
+    name: 'chatmeter_webhook_delivery_seconds',
+    help: 'From the change to its event\'s delivery',
+    buckets: [0.1, 0.25, 0.5, 1, 2, 5, 15, 60, 300, 3600],
+    registers: [this.registry],
+  });
+  /** Pending and failed events of the whole cluster, counted when scraped (set by the app). */
+  readonly webhookEvents = new Gauge({
+    name: 'chatmeter_webhook_events',
+    help: 'Webhook events of the cluster by status: pending (not yet delivered) and failed (given up)',
+    labelNames: ['status'] as const,
+    registers: [this.registry],
+  });
   readonly leaseShards = new Gauge({ name: 'chatmeter_lease_shards', help: 'Settlement shards this node holds a lease on', registers: [this.registry] });
   readonly clusterNodes = new Gauge({ name: 'chatmeter_cluster_nodes', help: 'Live nodes this node sees, itself included', registers: [this.registry] });
   readonly leaseAcquisitions = new Counter({

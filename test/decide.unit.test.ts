@@ -7,7 +7,7 @@ const policy = { abandonTimeoutMs: 120_000, lowBalanceSeconds: 60 };
 /** A running chat of user u1 with advisor a1 at 6 credits a minute, billed up to T0. */
 function chat(id: string, over: Partial<RecordRow> = {}): { chat: ChatRow; record: RecordRow } {
   return {
-    chat: { id, user_id: 'u1', advisor_id: 'a1', status: 'active', paused: false, started_at: new Date(T0), ended_at: null, end_reason: null },
+    chat: { id, user_id: 'u1', advisor_id: 'a1', status: 'active', paused: false, started_at: new Date(T0), ended_at: null, end_reason: null, created_at: new Date(T0) },
     record: {
       id: `rec-${id}`,
       chat_id: id,

@@ -12,6 +12,7 @@
  * its shards expire and the nodes that should have them take them over.
  */
 import type { DataSource } from 'typeorm';
+import { updateReturning } from '../db.js';
 import type { Logger } from '../log.js';
 import type { Cluster, ClusterStatus, Fence } from './cluster.js';
 import { SHARDS, ownerOf, shardOf } from './shards.js';
@@ -142,12 +143,6 @@ export class PostgresCluster implements Cluster {
     return this.running;
   }
 
-  /** The rows of an UPDATE ... RETURNING (TypeORM answers it with [rows, rowCount]). */
-  private async returning<T>(sql: string, params: unknown[]): Promise<T[]> {
-    const result: unknown = await this.ds.query(sql, params);
-    return (Array.isArray(result) && Array.isArray(result[0]) ? result[0] : result) as T[];
-  }
-
   private async reconcileOnce(): Promise<void> {
     if (!this.member) return;
     const { nodeId } = this;
@@ -170,7 +165,7 @@ export class PostgresCluster implements Cluster {
     // a node unseen for three leases died without leaving (or stalled as long): whoever deletes its
     // row (one node) tells the app, which ends that node's presence. Its leases went after one lease;
     // this waits longer so a node merely slowed by load keeps its sockets' presence
-    const gone: Array<{ node_id: string; seen_ms: number }> = await this.returning(
+    const gone: Array<{ node_id: string; seen_ms: number }> = await updateReturning(this.ds, 
       `DELETE FROM cluster_nodes WHERE seen_at <= clock_timestamp() - 3 * $1::interval
     RETURNING node_id, (extract(epoch FROM seen_at) * 1000)::float8 AS seen_ms`,
       [this.interval],
@@ -190,7 +185,7 @@ export class PostgresCluster implements Cluster {
 
     // renew what stays; a lease that expired meanwhile is not renewed but taken again below, with a new epoch
     const renewed: Array<{ shard: number; epoch: string }> = keep.length
-      ? await this.returning(
+      ? await updateReturning(this.ds, 
           `UPDATE settlement_shards SET expires_at = clock_timestamp() + $3::interval
             WHERE owner = $1 AND shard = ANY($2::int[]) AND expires_at > clock_timestamp()
         RETURNING shard, epoch`,
@@ -216,7 +211,7 @@ export class PostgresCluster implements Cluster {
     const want = mine.filter((s) => !this.held.has(s));
     // FOR UPDATE first: a takeover waits for the settlements in flight under the old lease (their
     // fence holds the rows FOR KEY SHARE), and the epoch it bumps refuses the later ones
-    const acquired: Array<{ shard: number; epoch: string }> = await this.returning(
+    const acquired: Array<{ shard: number; epoch: string }> = await updateReturning(this.ds, 
       `UPDATE settlement_shards s SET owner = $1, epoch = s.epoch + 1, expires_at = clock_timestamp() + $3::interval
         WHERE s.shard IN (
           SELECT shard FROM settlement_shards

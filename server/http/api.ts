@@ -15,6 +15,7 @@ import type { MeterService } from '../metering/meter-service.js';
 import type { TimeRecords } from '../metering/records.js';
 import type { SettlementService } from '../metering/settlement.js';
 import type { Tokens } from '../tokens.js';
+import type { WebhookDeliveries } from '../webhooks/deliveries.js';
 import { AmountString, Id, describeIssues } from '../validation.js';
 import { MAX_RATE_UNITS, formatAmount, isAmount, parseAmount } from '../money.js';
 
@@ -45,6 +46,7 @@ export interface ApiDeps {
   notifyBalance: (userId: string, balance: string) => void;
   /** Tells the advisor's sockets (their dashboards) about a chat just created. */
   notifyChatCreated: (chat: ChatView) => void;
+  deliveries: WebhookDeliveries;
 }
 
 const UserBody = z.object({ name: z.string().max(200).optional(), balance: AmountString.optional() });
@@ -62,7 +64,8 @@ const TokenBody = z.object({
 });
 /** The largest ledger entry id (bigint). */
 const MAX_BIGINT = 9223372036854775807n;
-const LedgerQuery = z.object({
+/** A page's limit and the `nextCursor` of the previous page (a bigint). */
+const Page = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(50),
   cursor: z
     .string()
@@ -71,6 +74,9 @@ const LedgerQuery = z.object({
     .refine((s) => !/^\d+$/.test(s) || BigInt(s) <= MAX_BIGINT, 'must be a nextCursor returned by this route')
     .optional(),
 });
+const LedgerQuery = Page;
+const DeliveriesQuery = Page.extend({ status: z.enum(['pending', 'failed', 'delivered']).optional() });
+const EventId = z.uuid('must be an event id');
 
 function parse<S extends z.ZodType>(schema: S, value: unknown): z.infer<S> {
   const r = schema.safeParse(value);
@@ -186,6 +192,15 @@ export function apiRouter(d: ApiDeps): Router {
   r.post('/tokens', async (req, res) => {
     const body = parse(TokenBody, req.body);
     res.status(201).json(await d.tokens.sign({ sub: body.sub, role: body.role }, body.ttlSeconds ?? 3600, d.clock.now()));
+  });
+
+  r.get('/webhook-deliveries', async (req, res) => {
+    const q = parse(DeliveriesQuery, req.query);
+    res.json(await d.deliveries.page(q.status ?? null, q.limit, q.cursor ?? null));
+  });
+
+  r.post('/webhook-deliveries/:id/retry', async (req, res) => {
+    res.json(await d.deliveries.retry(parse(EventId, req.params.id)));
   });
 
   r.use((_req, _res, next) => next(new NotFoundError('no such route')));

@@ -4,7 +4,7 @@
  * and says what to write (one list per table) and what each chat's outcome is.
  * No database, no clock: the settlement service reads, calls this, and writes.
  */
-import type { ChatView, EndReason, MeterSnapshot } from '../../client-sdk/src/protocol.js';
+import type { ChatView, EndReason, MeterSnapshot, TimeRecordView } from '../../client-sdk/src/protocol.js';
 import type { Fence } from '../cluster/cluster.js';
 import { ConflictError, DomainError, NotFoundError } from '../errors.js';
 import { formatAmount, parseAmount } from '../money.js';
@@ -48,8 +48,12 @@ export type SettleOutcome =
        * happens (its abandonment deadline); null otherwise.
        */
       wakeAt: number | null;
-      /** The chat's state as this settlement left it (its other fields never change). */
-      chat: Pick<ChatView, 'status' | 'startedAt' | 'endedAt' | 'endReason'>;
+      /** The chat as this settlement left it. */
+      chat: ChatView;
+      /** State commands of this settlement that changed the chat (a no-op command is not here). */
+      applied: Array<'start' | 'pause' | 'resume'>;
+      /** The time record as this settlement left it, for a chat it ended (the receipt); null otherwise. */
+      record: TimeRecordView | null;
     }
   | { chatId: string; ok: false; error: DomainError };
 
@@ -106,6 +110,7 @@ export interface ChatRow {
   started_at: Date | null;
   ended_at: Date | null;
   end_reason: EndReason | null;
+  created_at: Date;
 }
 
 /** A user row as Postgres returns it (the columns settlement reads). */
@@ -171,6 +176,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
     ended: EndReason | null;
     lowBalance: boolean;
     charge: bigint;
+    applied: Array<'start' | 'pause' | 'resume'>;
   }
   const work = new Map<string, Work>();
   const failures: SettleOutcome[] = [];
@@ -202,6 +208,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
         ended: null,
         lowBalance: false,
         charge: 0n,
+        applied: [],
       };
       if (item.refresh) w.commanded = true;
       const result = settle({
@@ -222,6 +229,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
           // must be pushed, rather than a refusal, which callers drop
           if (!result.ended) w.refusal = new ConflictError(applied.refused);
         } else {
+          if (changedBy(item.command.kind, meter, applied)) w.applied.push(item.command.kind as 'start' | 'pause' | 'resume');
           meter = applied;
           if (meter.status !== 'ended') meter.meterState = meterState(meter, item.presence, now);
           w.commanded = true;
@@ -306,7 +314,18 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       lowBalance: w.lowBalance,
       charge: w.charge,
       wakeAt: w.meter.meterState === 'away' || w.meter.meterState === 'paused' ? abandonDeadline(w.meter, opts.observedSince ?? -Infinity, policy) : null,
-      chat: { status: w.meter.status, startedAt: iso(w.meter.startedAt), endedAt: iso(w.meter.endedAt), endReason: w.meter.endReason },
+      chat: {
+        id: chatId,
+        userId: w.meter.userId,
+        advisorId: w.meter.advisorId,
+        status: w.meter.status,
+        endReason: w.meter.endReason,
+        createdAt: chatsById.get(chatId)!.created_at.toISOString(),
+        startedAt: iso(w.meter.startedAt),
+        endedAt: iso(w.meter.endedAt),
+      },
+      applied: w.applied,
+      record: w.ended ? recordView(w.record, w.meter) : null,
     });
   }
 
@@ -327,13 +346,40 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
   };
 }
 
+/** True when a state command changed what it commands (a start of an active chat, a resume of a running one, change nothing). */
+function changedBy(kind: Command['kind'], before: ChatMeter, after: ChatMeter): boolean {
+  if (kind === 'start') return before.status === 'pending' && after.status === 'active';
+  if (kind === 'pause') return !before.paused && after.paused;
+  if (kind === 'resume') return before.paused && !after.paused;
+  return false; // an end is reported as the end it caused
+}
+
+/** A time record as the API shows it, after this settlement. */
+function recordView(r: RecordRow, m: ChatMeter): TimeRecordView {
+  return {
+    id: r.id,
+    chatId: r.chat_id,
+    userId: r.user_id,
+    advisorId: r.advisor_id,
+    isActive: m.status !== 'ended',
+    durationSeconds: m.durationSeconds,
+    freeSecondsUsed: m.freeSecondsUsed,
+    creditsUsed: formatAmount(m.creditsUsed),
+    freeSecondsAllocation: r.total_free_time_allocation,
+    startedAt: r.timestamp.toISOString(),
+    lastHeartbeatAt: iso(m.lastHeartbeatAt),
+    endedAt: m.status === 'ended' ? iso(m.endedAt) : null,
+    endReason: m.status === 'ended' ? m.endReason : null,
+  };
+}
+
 /** An allowance row as the rules see it. */
 export function toAllowance(a: { allocation_seconds: number; used_seconds: number }): Allowance {
   return { allocationSeconds: a.allocation_seconds, usedSeconds: a.used_seconds };
 }
 
 /** A chat and its record as the rules see them. */
-export function toMeter(chat: ChatRow, r: RecordRow): ChatMeter {
+export function toMeter(chat: Omit<ChatRow, 'created_at'>, r: RecordRow): ChatMeter {
   return {
     chatId: chat.id,
     userId: chat.user_id,

@@ -32,6 +32,7 @@ import {
   toMeter,
   uniqueBy,
 } from './decide.js';
+import { type OutboxRow, creditsAdded, settlementEvents } from '../webhooks/events.js';
 import { type Policy, type PresenceSpan, meterState } from './rules.js';
 
 export type { SettleItem, SettleOptions, SettleOutcome } from './decide.js';
@@ -55,11 +56,24 @@ export interface LedgerEntryView {
   createdAt: string;
 }
 
+/** Where the events of SPEC 8 go: recorded in the change's transaction, announced after its commit. */
+export interface Outbox {
+  /** A new event id (a UUID). */
+  newId(): string;
+  /** Events were committed: deliver them soon. */
+  recorded(): void;
+}
+
 /** Drives the billing rules against the database. */
 export class SettlementService {
+  /**
+   * @param outbox with webhooks on: every settlement and top-up records its events in its
+   *   own transaction (SPEC 8); null records none.
+   */
   constructor(
     private readonly ds: DataSource,
     private readonly policy: Policy,
+    private readonly outbox: Outbox | null = null,
   ) {}
 
   /**
@@ -120,23 +134,32 @@ export class SettlementService {
    */
   async settleBatch(items: SettleItem[], now: number, opts: SettleOptions = {}): Promise<SettleOutcome[]> {
     if (items.length === 0) return [];
-    return this.ds.transaction((em) => this.settleIn(em, items, now, opts));
+    let events = 0;
+    const outcomes = await this.ds.transaction(async (em) => {
+      const settled = await this.settleIn(em, items, now, opts);
+      events = settled.events;
+      return settled.outcomes;
+    });
+    if (events) this.outbox?.recorded();
+    return outcomes;
   }
 
-  private async settleIn(em: EntityManager, items: SettleItem[], now: number, opts: SettleOptions): Promise<SettleOutcome[]> {
+  /** Read → decide → write, in the caller's transaction; says how many webhook events it recorded. */
+  private async settleIn(em: EntityManager, items: SettleItem[], now: number, opts: SettleOptions): Promise<{ outcomes: SettleOutcome[]; events: number }> {
     if (opts.lockTimeoutMs !== undefined) await em.query(`SET LOCAL lock_timeout = ${Math.max(1, Math.round(opts.lockTimeoutMs))}`);
     const fenced = opts.fence ? await this.checkFence(em, items, opts.fence) : [];
     if (fenced.length) {
       const refused = new Set(fenced.map((o) => o.chatId));
       items = items.filter((i) => !refused.has(i.chatId));
-      if (!items.length) return fenced;
+      if (!items.length) return { outcomes: fenced, events: 0 };
     }
     const { rows, busy } = await this.readLocked(em, items, opts.skipLocked ?? false);
     if (busy.size) items = items.filter((i) => !busy.has(i.chatId));
     const decision = decideBatch(rows, items, now, this.policy, opts);
-    await this.write(em, decision);
+    const events = this.outbox ? settlementEvents(decision.outcomes, now, this.outbox.newId) : [];
+    await this.write(em, decision, events);
     const skipped: SettleOutcome[] = [...busy].map((chatId) => ({ chatId, ok: false, error: new BusyError(`chat ${chatId} is being settled elsewhere`) }));
-    return [...decision.outcomes, ...fenced, ...skipped];
+    return { outcomes: [...decision.outcomes, ...fenced, ...skipped], events: events.length };
   }
 
   /**
@@ -187,7 +210,7 @@ export class SettlementService {
   private async readSkippingLocked(em: EntityManager, chatIds: string[]): Promise<{ rows: LockedRows; busy: Set<string> }> {
     const joined: Array<RecordRow & JoinedColumns> = await em.query(
       `SELECT r.*, c.status AS c_status, c.paused AS c_paused, c.started_at AS c_started_at,
-              c.ended_at AS c_ended_at, c.end_reason AS c_end_reason, u.balance AS u_balance,
+              c.ended_at AS c_ended_at, c.end_reason AS c_end_reason, c.created_at AS c_created_at, u.balance AS u_balance,
               u.low_balance_warned AS u_low_balance_warned,
               f.allocation_seconds AS f_allocation_seconds, f.used_seconds AS f_used_seconds
          FROM conversation_time_records r
@@ -202,7 +225,7 @@ export class SettlementService {
     const users = new Map<string, UserRow>();
     const pairs = new Map<string, AllowanceRow>();
     for (const j of joined) {
-      const { c_status, c_paused, c_started_at, c_ended_at, c_end_reason, u_balance, u_low_balance_warned, f_allocation_seconds, f_used_seconds, ...record } = j;
+      const { c_status, c_paused, c_started_at, c_ended_at, c_end_reason, c_created_at, u_balance, u_low_balance_warned, f_allocation_seconds, f_used_seconds, ...record } = j;
       rows.records.push(record);
       rows.chats.push({
         id: record.chat_id,
@@ -213,6 +236,7 @@ export class SettlementService {
         started_at: c_started_at,
         ended_at: c_ended_at,
         end_reason: c_end_reason,
+        created_at: c_created_at,
       });
       users.set(record.user_id, { id: record.user_id, balance: u_balance, low_balance_warned: u_low_balance_warned });
       const pair = { user_id: record.user_id, advisor_id: record.advisor_id, allocation_seconds: f_allocation_seconds, used_seconds: f_used_seconds };
@@ -246,7 +270,7 @@ export class SettlementService {
    * times one (docs/BENCHMARKS.md). The CTEs touch different tables, so running them
    * on one snapshot is safe.
    */
-  private async write(em: EntityManager, d: BatchDecision): Promise<void> {
+  private async write(em: EntityManager, d: BatchDecision, events: OutboxRow[]): Promise<void> {
     const parts: string[] = [];
     const data: Record<string, unknown> = {};
     const add = (name: keyof typeof WRITES, rows: object[]) => {
@@ -260,6 +284,8 @@ export class SettlementService {
     add('records', d.records);
     // one open charge entry per chat and segment: later settlements increase it
     add('charges', d.charges.map((c) => ({ ...c, amount: formatAmount(c.amount) })));
+    // the webhook events of these changes, in their transaction: none lost, none invented
+    add('events', events);
     if (!parts.length) return;
     await em.query(`WITH w AS (SELECT $1::jsonb AS j), ${parts.join(', ')} SELECT 1`, [JSON.stringify(data)]);
   }
@@ -299,7 +325,7 @@ export class SettlementService {
   async topUp(userId: string, amount: string, idempotencyKey: string): Promise<TopUpResult> {
     const units = parseAmount(amount);
     if (units <= 0n) throw new BadRequestError('a top-up amount must be positive');
-    return this.ds.transaction(async (em) => {
+    const result = await this.ds.transaction(async (em): Promise<TopUpResult> => {
       const users: Array<{ balance: string }> = await em.query(`SELECT balance FROM users WHERE id = $1 FOR UPDATE`, [userId]);
       if (!users[0]) throw new NotFoundError(`user ${userId} does not exist`);
       const prior: LedgerRow[] = await em.query(
@@ -328,8 +354,12 @@ export class SettlementService {
         `UPDATE conversation_time_records SET charge_segment = charge_segment + 1 WHERE user_id = $1 AND is_active`,
         [userId],
       );
-      return { entry: toLedgerView(rows[0]!), balance, replayed: false };
+      const entry = toLedgerView(rows[0]!);
+      if (this.outbox) await insertEvents(em, [creditsAdded(userId, entry, balance, this.outbox.newId)]);
+      return { entry, balance, replayed: false };
     });
+    if (!result.replayed) this.outbox?.recorded();
+    return result;
   }
 
   /** A chat's current snapshot without settling (for acks and polling); seq is the latest pushed. */
@@ -383,6 +413,9 @@ const WRITES = {
                    last_present_at timestamptz, ended_at timestamptz, end_reason text, meter_seq bigint,
                    low_balance_warned boolean, meter_state text)
              WHERE r.id = v.id`,
+  events: `INSERT INTO webhook_events (id, type, created_at, body, next_attempt_at)
+           SELECT v.id, v.type, v.created_at, v.body, v.created_at
+             FROM w, jsonb_to_recordset(w.j->'events') AS v(id uuid, type text, created_at timestamptz, body text)`,
   charges: `INSERT INTO ledger_entries (user_id, type, amount, balance_after, chat_id, idempotency_key)
             SELECT v.user_id, 'charge', v.amount, v.balance_after, v.chat_id, v.idempotency_key
               FROM w, jsonb_to_recordset(w.j->'charges')
@@ -399,6 +432,7 @@ interface JoinedColumns {
   c_started_at: Date | null;
   c_ended_at: Date | null;
   c_end_reason: ChatRow['end_reason'];
+  c_created_at: Date;
   u_balance: string;
   u_low_balance_warned: boolean;
   f_allocation_seconds: number;
@@ -427,4 +461,9 @@ export function toLedgerView(r: LedgerRow): LedgerEntryView {
     idempotencyKey: r.idempotency_key,
     createdAt: r.created_at.toISOString(),
   };
+}
+
+/** Inserts outbox rows in the caller's transaction. */
+async function insertEvents(em: EntityManager, events: OutboxRow[]): Promise<void> {
+  await em.query(`WITH w AS (SELECT $1::jsonb AS j) ${WRITES.events}`, [JSON.stringify({ events })]);
 }

@@ -15,7 +15,7 @@ export interface TestDb {
   close(): Promise<void>;
 }
 
-const TABLES = 'ledger_entries, conversation_time_records, free_time_allowances, chats, advisors, users';
+const TABLES = 'webhook_events, ledger_entries, conversation_time_records, free_time_allowances, chats, advisors, users';
 const truncate = (ds: DataSource) => ds.query(`TRUNCATE ${TABLES} RESTART IDENTITY CASCADE`).then(() => undefined);
 
 /**
