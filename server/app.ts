@@ -21,6 +21,8 @@ import type { Config } from './config.js';
 import { createDataSource } from './db.js';
 import { apiRouter, errorHandler } from './http/api.js';
 import { assetsRouter } from './http/assets.js';
+import { bearerMatches } from './http/bearer.js';
+import { InFlight } from './http/in-flight.js';
 import { type Logger, createLogger } from './log.js';
 import { MeterService } from './metering/meter-service.js';
 import { MirroredPresence } from './metering/mirrored-presence.js';
@@ -133,6 +135,14 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   let nodeLock: { release(): Promise<void> } | null = null;
   const app = express();
   app.disable('x-powered-by');
+  // requests in flight, so a shutdown lets them finish (bounded) before it closes the pool
+  const requests = new InFlight();
+  app.use((_req, res, next) => {
+    requests.add(res);
+    // while draining, a kept-alive connection gets no next request here: the client goes elsewhere
+    if (closing) res.setHeader('Connection', 'close');
+    next();
+  });
   // plain-http deployments (and ws://) must keep working: no upgrade-insecure-requests
   app.use(helmet({ contentSecurityPolicy: { directives: { upgradeInsecureRequests: null } } }));
   // before the JSON parser: it verifies signatures over the raw body
@@ -156,7 +166,10 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     res.status(ok ? 200 : 503).json({ ok, checks, degraded, node: nodeId, cluster: cluster.status() });
   });
   app.use(assetsRouter());
-  app.get('/metrics', async (_req, res) => {
+  app.get('/metrics', async (req, res) => {
+    if (config.metricsToken && !bearerMatches(req.get('authorization'), config.metricsToken)) {
+      return void res.status(401).set('WWW-Authenticate', 'Bearer').json({ error: { code: 'unauthorized', message: 'metrics need Authorization: Bearer <METRICS_TOKEN>' } });
+    }
     const status = cluster.status();
     metrics.leaseShards.set(status.shards);
     metrics.clusterNodes.set(status.nodes);
@@ -304,6 +317,8 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
       ready = false;
       log.info({ chats: ticker.size }, 'shutting down');
       const stopped = new Promise<void>((resolve) => http.close(() => resolve()));
+      // no new connections; requests already in (a top-up, a start) finish, within a bound
+      if (!(await withTimeout(requests.drained(), DRAIN_MS))) log.warn({ requests: requests.size }, 'requests still running at shutdown were cut');
       await ticker.stop();
       dbClock?.stop();
       // this node's sockets stop counting now: their users are away until they reconnect elsewhere
@@ -501,3 +516,7 @@ async function connectRedis(url: string, log: Logger, metrics: Metrics): Promise
     })) as typeof pub.publish;
   return { pub, sub };
 }
+
+/** How long a shutdown waits for HTTP requests in flight. */
+const DRAIN_MS = 5000;
+

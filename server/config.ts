@@ -29,6 +29,7 @@ const schema = z.object({
   ),
   WEBHOOK_SECRET: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
   WEBHOOK_TIMEOUT_MS: z.preprocess(emptyAsUnset, ms(10_000)),
+  METRICS_TOKEN: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
   CLUSTER_LEASE_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().min(300).max(60_000).default(1500)),
   // test hooks: a node whose clock is wrong, and a node that settles chats it holds no lease on
   CHATMETER_TEST_CLOCK_SKEW_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().default(0)),
@@ -58,6 +59,8 @@ export interface Config {
   logLevel: string;
   /** How long a settlement lease and a node's membership last without renewal (many nodes). */
   clusterLeaseMs: number;
+  /** With it, `/metrics` answers only `Authorization: Bearer <token>`; null: open to whoever reaches the port. */
+  metricsToken: string | null;
   /** Webhooks (SPEC 8); null without WEBHOOK_URL. */
   webhook: WebhookConfig | null;
   /** Test hooks, never set in production. */
@@ -127,6 +130,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { node?: 
     corsOrigins: (e.CORS_ORIGINS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     logLevel: e.LOG_LEVEL,
     clusterLeaseMs: e.CLUSTER_LEASE_MS,
+    metricsToken: e.METRICS_TOKEN ?? null,
     webhook: e.WEBHOOK_URL
       ? { url: e.WEBHOOK_URL, secret: e.WEBHOOK_SECRET!, timeoutMs: e.WEBHOOK_TIMEOUT_MS, retryBaseMs: e.CHATMETER_TEST_WEBHOOK_RETRY_MS, builtInReceiver: false }
       : null,

@@ -180,6 +180,20 @@ describe('HTTP API (real server, fetch on loopback)', () => {
     });
   });
 
+  describe('/metrics behind METRICS_TOKEN', () => {
+    it('answers only the bearer of the token, 401 to anyone else', async () => {
+      await node.close();
+      node = await startNode(db, { METRICS_TOKEN: 'metrics-token-0123456789' });
+      expect((await raw('GET', '/metrics')).status).to.equal(401);
+      expect((await raw('GET', '/metrics', { headers: { authorization: 'Bearer wrong-token-0123456789' } })).status).to.equal(401);
+      expect((await raw('GET', '/metrics', { headers: { authorization: `Bearer ${node.config.apiKey}` } })).status, 'the API key is not the metrics token').to.equal(401);
+      const ok = await raw('GET', '/metrics', { headers: { authorization: 'Bearer metrics-token-0123456789' } });
+      expect(ok.status).to.equal(200);
+      expect(ok.body).to.match(/^# TYPE chatmeter_sockets /m);
+      expect((await raw('GET', '/healthz')).status, 'health stays open for load balancers').to.equal(200);
+    });
+  });
+
   describe('users', () => {
     it('creates with 201 and the opening balance as a topup entry; a later PUT renames with 200 and ignores its balance', async () => {
       const created = await api('PUT', '/v1/users/u1', { name: 'Ursula', balance: '12.5' });
@@ -266,6 +280,10 @@ describe('HTTP API (real server, fetch on loopback)', () => {
       const second = await api('POST', '/v1/users/u1/credits', { amount: '0.0001', idempotencyKey: 'order-2' });
       expect(second.status).to.equal(201);
       expect(second.body.balance).to.equal('12.5001');
+      // a replay after the balance moved answers the first result, not today's balance
+      const later = await api('POST', '/v1/users/u1/credits', { amount: '2.5', idempotencyKey: 'order-1' });
+      expect(later.status).to.equal(200);
+      expect(later.body).to.deep.equal(first.body);
     });
 
     it('adds once when the same key is sent concurrently', async () => {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { expect } from 'chai';
 import { freshDatabase, type TestDb } from './support/db.js';
 import { spawnNode } from './support/processes.js';
-import { FAST_ENV, call, waitFor } from './support/server.js';
+import { FAST_ENV, call, eventually, startNode, waitFor } from './support/server.js';
 
 describe('SIGTERM (a real process)', () => {
   let db: TestDb;
@@ -58,6 +58,44 @@ describe('SIGTERM (a real process)', () => {
       }
     } finally {
       p.kill('SIGKILL');
+    }
+  });
+});
+
+describe('shutdown of a node with HTTP requests in flight', () => {
+  let db: TestDb;
+  before(async function () {
+    db = await freshDatabase();
+    if (!db.url) this.skip(); // a second connection holding a row lock needs a Postgres server
+  });
+  after(() => db.close());
+
+  it('lets a request in flight finish before closing the pool, and refuses none', async () => {
+    const node = await startNode(db);
+    await node.api('PUT', '/v1/users/u1', { balance: '1' });
+    const runner = db.ds.createQueryRunner();
+    await runner.connect();
+    await runner.startTransaction();
+    let closed = false;
+    try {
+      // the top-up waits for this lock: it is in flight when the shutdown begins
+      await runner.query(`SELECT 1 FROM users WHERE id = 'u1' FOR UPDATE`);
+      const topUp = node.api('POST', '/v1/users/u1/credits', { amount: '2', idempotencyKey: 'in-flight' });
+      await eventually(async () => (await db.ds.query(`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted`))[0].n > 0);
+      const closing = node.close().then(() => (closed = true));
+      const since = Date.now();
+      // the shutdown is under way, waiting on the request, longer than its other steps' bounds (2 s)
+      await eventually(() => Date.now() - since > 2500, 5000);
+      expect(closed, 'the node waits for its request').to.equal(false);
+      await runner.commitTransaction();
+      const res = await topUp;
+      expect(res.status).to.equal(201);
+      expect(res.body.balance).to.equal('3.0000');
+      await closing;
+    } finally {
+      if (runner.isTransactionActive) await runner.rollbackTransaction();
+      await runner.release();
+      if (!closed) await node.close();
     }
   });
 });

@@ -3,7 +3,6 @@
  * schemas, one error catalogue. Routes validate → call the same services as the
  * socket handlers → respond.
  */
-import { timingSafeEqual, createHash } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
 import { type ChatView, ErrorCode } from '../../client-sdk/src/protocol.js';
@@ -15,6 +14,7 @@ import type { MeterService } from '../metering/meter-service.js';
 import type { TimeRecords } from '../metering/records.js';
 import type { SettlementService } from '../metering/settlement.js';
 import type { Tokens } from '../tokens.js';
+import { bearerMatches } from './bearer.js';
 import type { WebhookDeliveries } from '../webhooks/deliveries.js';
 import { AmountString, Id, describeIssues } from '../validation.js';
 import { MAX_RATE_UNITS, formatAmount, isAmount, parseAmount } from '../money.js';
@@ -89,14 +89,9 @@ const id = (req: Request, name: string): string => parse(Id, req.params[name]);
 /** The `/v1` router. */
 export function apiRouter(d: ApiDeps): Router {
   const r = express.Router();
-  const expected = createHash('sha256').update(d.apiKey).digest();
 
   r.use((req, _res, next) => {
-    const header = req.get('authorization') ?? '';
-    // the auth scheme is case-insensitive (RFC 7235)
-    const m = /^Bearer (.+)$/i.exec(header);
-    const given = createHash('sha256').update(m?.[1] ?? '').digest();
-    if (!m || !timingSafeEqual(given, expected)) {
+    if (!bearerMatches(req.get('authorization'), d.apiKey)) {
       return next(new DomainError(ErrorCode.Unauthorized, 'missing or wrong API key (Authorization: Bearer <key>)'));
     }
     next();

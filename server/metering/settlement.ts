@@ -336,7 +336,8 @@ export class SettlementService {
         if (parseAmount(prior[0].amount) !== units) {
           throw new ConflictError(`idempotency key ${idempotencyKey} was used for a top-up of ${prior[0].amount}`);
         }
-        return { entry: toLedgerView(prior[0]), balance: users[0].balance, replayed: true };
+        // a replay answers what the first request answered (SPEC 3), not today's balance
+        return { entry: toLedgerView(prior[0]), balance: prior[0].balance_after, replayed: true };
       }
       const next = parseAmount(users[0].balance) + units;
       if (next > MAX_AMOUNT_UNITS) {
