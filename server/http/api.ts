@@ -16,8 +16,9 @@ import type { SettlementService } from '../metering/settlement.js';
 import type { Tokens } from '../tokens.js';
 import { bearerMatches } from './bearer.js';
 import type { WebhookDeliveries } from '../webhooks/deliveries.js';
-import { AmountString, Id, describeIssues } from '../validation.js';
-import { MAX_RATE_UNITS, formatAmount, isAmount, parseAmount } from '../money.js';
+import { Id, describeIssues } from '../validation.js';
+import { parseAmount } from '../money.js';
+import { AdvisorBody, ChatBody, CreditsBody, DeliveriesQuery, EventId, LedgerQuery, TokenBody, UserBody } from './schemas.js';
 
 /** HTTP status of each error code. */
 export const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -48,35 +49,6 @@ export interface ApiDeps {
   notifyChatCreated: (chat: ChatView) => void;
   deliveries: WebhookDeliveries;
 }
-
-const UserBody = z.object({ name: z.string().max(200).optional(), balance: AmountString.optional() });
-const CreditsBody = z.object({ amount: AmountString, idempotencyKey: z.string().min(1).max(200) });
-const AdvisorBody = z.object({
-  name: z.string().max(200).optional(),
-  ratePerMinute: AmountString.refine((s) => !isAmount(s) || parseAmount(s) <= MAX_RATE_UNITS, `must be at most ${formatAmount(MAX_RATE_UNITS)} credits a minute`),
-  freeSeconds: z.number().int().min(0).max(10_000_000).optional(),
-});
-const ChatBody = z.object({ id: Id, userId: Id, advisorId: Id });
-const TokenBody = z.object({
-  sub: Id,
-  role: z.enum(['user', 'advisor']),
-  ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
-});
-/** The largest ledger entry id (bigint). */
-const MAX_BIGINT = 9223372036854775807n;
-/** A page's limit and the `nextCursor` of the previous page (a bigint). */
-const Page = z.object({
-  limit: z.coerce.number().int().min(1).max(100).default(50),
-  cursor: z
-    .string()
-    .regex(/^\d{1,19}$/, 'must be a nextCursor returned by this route')
-    // 19 digits can still exceed a bigint id, which Postgres would refuse with a 500
-    .refine((s) => !/^\d+$/.test(s) || BigInt(s) <= MAX_BIGINT, 'must be a nextCursor returned by this route')
-    .optional(),
-});
-const LedgerQuery = Page;
-const DeliveriesQuery = Page.extend({ status: z.enum(['pending', 'failed', 'delivered']).optional() });
-const EventId = z.uuid('must be an event id');
 
 function parse<S extends z.ZodType>(schema: S, value: unknown): z.infer<S> {
   const r = schema.safeParse(value);
