@@ -6,8 +6,8 @@
 /** Units per credit (4 fraction digits). */
 export const UNITS_PER_CREDIT = 10_000n;
 
-/** What the API takes: 15 integer digits. */
-const AMOUNT = /^(\d{1,15})(?:\.(\d{1,4}))?$/;
+/** What the API takes: 15 integer digits, at most 4 fraction digits. */
+export const AMOUNT_PATTERN = /^(\d{1,15})(?:\.(\d{1,4}))?$/;
 /** What the columns hold (numeric(20,4)): 16 integer digits, so a chat's credits may pass the API's cap. */
 const STORED = /^(\d{1,16})(?:\.(\d{1,4}))?$/;
 
@@ -22,7 +22,7 @@ export const MAX_RATE_UNITS = 1_000_000n * 10_000n;
 
 /** True for a non-negative decimal string with at most 15 integer and 4 fraction digits. */
 export function isAmount(s: string): boolean {
-  return AMOUNT.test(s);
+  return AMOUNT_PATTERN.test(s);
 }
 
 /**

@@ -1,17 +1,20 @@
 /** Schemas for everything that enters the server, shared by sockets and HTTP. */
 import { z } from 'zod';
-import { isAmount } from './money.js';
+import { AMOUNT_PATTERN } from './money.js';
 
 /** The integrator's ids: 1-64 chars of `A-Za-z0-9_.:-`. */
 export const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 export const Id = z.string().regex(ID_PATTERN, 'must be 1-64 characters of A-Za-z0-9_.:-');
 
-/** A non-negative decimal string with at most 4 fraction digits. */
+/**
+ * A non-negative decimal string with at most 4 fraction digits (`isAmount`). A regex
+ * rather than a refinement, so the OpenAPI document shows it as the schema's pattern.
+ */
 export const AmountString = z
   .string()
   .max(20)
-  .refine(isAmount, 'must be a decimal string with at most 4 fraction digits, e.g. "12.5"');
+  .regex(AMOUNT_PATTERN, 'must be a decimal string with at most 4 fraction digits, e.g. "12.5"');
 
 /** `{ chatId }`, the payload of every chat-scoped client event. */
 export const ChatRefSchema = z.object({ chatId: Id });
