@@ -23,6 +23,7 @@ import { apiRouter, errorHandler } from './http/api.js';
 import { assetsRouter } from './http/assets.js';
 import { bearerMatches } from './http/bearer.js';
 import { InFlight } from './http/in-flight.js';
+import { openApiRouter } from './http/openapi.js';
 import { type Logger, createLogger } from './log.js';
 import { MeterService } from './metering/meter-service.js';
 import { MirroredPresence } from './metering/mirrored-presence.js';
@@ -166,6 +167,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     res.status(ok ? 200 : 503).json({ ok, checks, degraded, node: nodeId, cluster: cluster.status() });
   });
   app.use(assetsRouter());
+  app.use(openApiRouter());
   app.get('/metrics', async (req, res) => {
     if (config.metricsToken && !bearerMatches(req.get('authorization'), config.metricsToken)) {
       return void res.status(401).set('WWW-Authenticate', 'Bearer').json({ error: { code: 'unauthorized', message: 'metrics need Authorization: Bearer <METRICS_TOKEN>' } });
