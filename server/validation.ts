@@ -16,6 +16,17 @@ export const AmountString = z
   .max(20)
   .regex(AMOUNT_PATTERN, 'must be a decimal string with at most 4 fraction digits, e.g. "12.5"');
 
+/**
+ * Text from outside (names, idempotency keys), at most `max` long: no control characters (Postgres
+ * refuses NUL outright) and no lone UTF-16 surrogates (Postgres would store one as U+FFFD, so two
+ * different keys could become one). `\p{Cs}` in a `u` regex matches only unpaired surrogates.
+ */
+export const PrintableText = (max: number) =>
+  z
+    .string()
+    .max(max)
+    .regex(/^[^\p{Cc}\p{Cs}]*$/u, 'must be printable text (no control characters or lone surrogates)');
+
 /** `{ chatId }`, the payload of every chat-scoped client event. */
 export const ChatRefSchema = z.object({ chatId: Id });
 

@@ -134,7 +134,7 @@ describe('billing against a reference model (property, real database)', function
 
   /** What the database holds, in the model's comparable shape. */
   async function dbSnapshot(): Promise<Snapshot> {
-    const [user] = await db.ds.query(`SELECT balance::text FROM users WHERE id = $1`, [USER]);
+    const [user] = await db.ds.query(`SELECT balance::text, low_balance_warned FROM users WHERE id = $1`, [USER]);
     const allowances: Array<{ advisor_id: string; used_seconds: number }> = await db.ds.query(
       `SELECT advisor_id, used_seconds FROM free_time_allowances WHERE user_id = $1`,
       [USER],
@@ -156,6 +156,7 @@ describe('billing against a reference model (property, real database)', function
     );
     return {
       balance: user.balance,
+      lowWarned: user.low_balance_warned,
       allowances: Object.fromEntries(allowances.map((a) => [a.advisor_id, a.used_seconds])),
       chats: Object.fromEntries(
         chats.map((c) => [

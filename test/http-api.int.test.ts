@@ -286,6 +286,24 @@ describe('HTTP API (real server, fetch on loopback)', () => {
       expect(later.body).to.deep.equal(first.body);
     });
 
+    it('refuses keys and names with control characters or lone surrogates with 400, so two keys never collide in storage', async () => {
+      await api('PUT', '/v1/users/u1', { balance: '1' });
+      // JSON escapes reach the server as the characters themselves
+      const send = (path: string, json: string, method = 'POST') => raw(method, path, { headers: { authorization: `Bearer ${node.config.apiKey}`, 'content-type': 'application/json' }, body: json });
+      for (const key of ['nul\\u0000key', 'lone\\ud800', 'lone\\udfffx', 'bell\\u0007', 'c1\\u0085']) {
+        const res = await send('/v1/users/u1/credits', `{"amount":"1","idempotencyKey":"${key}"}`);
+        expect(res.status, key).to.equal(400);
+        expect(res.body.error.code).to.equal('bad_request');
+      }
+      expect((await send('/v1/users/u1', '{"name":"Ur\\u0000sula"}', 'PUT')).status).to.equal(400);
+      expect((await send('/v1/advisors/a1', '{"name":"\\ud83d","ratePerMinute":"1"}', 'PUT')).status).to.equal(400);
+      // well-formed text of any script, emoji included, is taken as is
+      const emoji = await send('/v1/users/u1/credits', '{"amount":"1","idempotencyKey":"order-\\ud83d\\ude00-é"}');
+      expect(emoji.status).to.equal(201);
+      expect(emoji.body.entry.idempotencyKey).to.equal('order-😀-é');
+      expect((await api('GET', '/v1/users/u1')).body.balance).to.equal('2.0000');
+    });
+
     it('adds once when the same key is sent concurrently', async () => {
       await api('PUT', '/v1/users/u1', { balance: '1' });
       const results = await Promise.all(Array.from({ length: 6 }, () => api('POST', '/v1/users/u1/credits', { amount: '5', idempotencyKey: 'dup' })));

@@ -17,7 +17,10 @@ import {
   TopUpSchema,
   UserSchema,
   AllowanceSchema,
+  DeliveryPageSchema,
+  DeliverySchema,
 } from '../server/http/schemas.js';
+import type { DeliveryView, WebhookDeliveries } from '../server/webhooks/deliveries.js';
 import type { ChatWithMeter, MeterService } from '../server/metering/meter-service.js';
 import type { AllowanceView, TimeRecords } from '../server/metering/records.js';
 import type { LedgerEntryView, TopUpResult } from '../server/metering/settlement.js';
@@ -38,6 +41,8 @@ describe('HTTP response schemas', () => {
   it('agree with the wire types', () => {
     const checks = [
       agree<typeof UserSchema, UserView>(UserSchema, true),
+      agree<typeof DeliverySchema, DeliveryView>(DeliverySchema, true),
+      agree<typeof DeliveryPageSchema, Resolved<WebhookDeliveries['page']>>(DeliveryPageSchema, true),
       agree<typeof AdvisorSchema, AdvisorView>(AdvisorSchema, true),
       agree<typeof ChatSchema, ChatView>(ChatSchema, true),
       agree<typeof TimeRecordSchema, TimeRecordView>(TimeRecordSchema, true),

@@ -253,6 +253,21 @@ describe('GET /openapi.json (OpenAPI 3.1, real server)', () => {
     // tokens
     await request('POST', '/v1/tokens', { sub: 'u1', role: 'user', ttlSeconds: 60 }, { expect: 201 });
 
+    // webhook deliveries: none is recorded without WEBHOOK_URL; a failed and a delivered one made here
+    const [failed, delivered] = ['6f1c3c52-4a43-4d1e-9a0c-5b4a3c2d1e01', '6f1c3c52-4a43-4d1e-9a0c-5b4a3c2d1e02'];
+    await db.ds.query(
+      `INSERT INTO webhook_events (id, type, created_at, body, status, attempts, last_attempt_at, last_response_status, next_attempt_at, delivered_at)
+       VALUES ($1, 'credits.added', now(), '{}', 'failed', 3, now(), 500, NULL, NULL),
+              ($2, 'chat.ended', now(), '{}', 'delivered', 1, now(), 200, NULL, now())`,
+      [failed, delivered],
+    );
+    expect((await request('GET', '/v1/webhook-deliveries', undefined, { expect: 200 })).body.items).to.have.length(2);
+    await request('GET', '/v1/webhook-deliveries?status=failed&limit=1', undefined, { expect: 200 });
+    await request('GET', '/v1/webhook-deliveries?status=bogus', undefined, { expect: 400 });
+    await request('POST', `/v1/webhook-deliveries/${failed}/retry`, undefined, { expect: 200 });
+    await request('POST', `/v1/webhook-deliveries/${delivered}/retry`, undefined, { expect: 409 });
+    await request('POST', '/v1/webhook-deliveries/6f1c3c52-4a43-4d1e-9a0c-5b4a3c2d1eff/retry', undefined, { expect: 404 });
+
     // every status the document lists was seen on every route, but 500 (an unexpected failure)
     const notDriven = routes.flatMap((route) => {
       const [method, template] = route.split(' ') as [string, string];

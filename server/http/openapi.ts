@@ -20,6 +20,10 @@ import {
   ChatSchema,
   ClientTokenSchema,
   CreditsBody,
+  DeliveriesQuery,
+  DeliveryPageSchema,
+  DeliverySchema,
+  EventId,
   ErrorSchema,
   LedgerPageSchema,
   LedgerQuery,
@@ -174,6 +178,21 @@ function describeRoutes(route: DescribeRoute): void {
     summary: 'Sign a client JWT for the socket (for platforms that do not sign their own)',
     body: TokenBody,
     responses: { 201: { description: 'a token and when it expires', schema: ClientTokenSchema } },
+  });
+  route('get', '/webhook-deliveries', {
+    operationId: 'listWebhookDeliveries',
+    tags: ['webhooks'],
+    summary: 'Webhook events and where their delivery stands, newest first',
+    query: DeliveriesQuery,
+    responses: { 200: { description: 'a page of deliveries', schema: DeliveryPageSchema } },
+  });
+  route('post', '/webhook-deliveries/:id/retry', {
+    operationId: 'retryWebhookDelivery',
+    tags: ['webhooks'],
+    summary: 'Send a pending or failed event at once; it is pending again',
+    params: z.object({ id: EventId }),
+    responses: { 200: { description: 'the delivery, pending and due now', schema: DeliverySchema } },
+    errors: { not_found: 'no such event', conflict: 'the event was delivered already' },
   });
 }
 

@@ -9,29 +9,27 @@
 import { z } from 'zod';
 import { ChatStatus, EndReason, ErrorCode, LedgerEntryType, MeterState } from '../../client-sdk/src/protocol.js';
 import { MAX_RATE_UNITS, formatAmount, isAmount, parseAmount } from '../money.js';
-import { AmountString, Id } from '../validation.js';
+import { AmountString, Id, PrintableText } from '../validation.js';
 
 // --- requests
 
 /** `PUT /v1/users/:id`. */
 export const UserBody = z.object({
-  name: z.string().max(200).optional(),
+  name: PrintableText(200).optional(),
   balance: AmountString.optional().describe('the opening balance; taken only when the user is created, ignored afterwards'),
 });
 
 /** `POST /v1/users/:id/credits`: a top-up. */
 export const CreditsBody = z.object({
   amount: AmountString.describe('greater than 0'),
-  idempotencyKey: z
-    .string()
+  idempotencyKey: PrintableText(200)
     .min(1)
-    .max(200)
     .describe('the same key again returns the first result and adds nothing; "opening-balance" is reserved'),
 });
 
 /** `PUT /v1/advisors/:id`. */
 export const AdvisorBody = z.object({
-  name: z.string().max(200).optional(),
+  name: PrintableText(200).optional(),
   ratePerMinute: AmountString.refine((s) => !isAmount(s) || parseAmount(s) <= MAX_RATE_UNITS, `must be at most ${formatAmount(MAX_RATE_UNITS)} credits a minute`).describe(
     `credits a minute, at most ${formatAmount(MAX_RATE_UNITS)}; a chat keeps the rate of when its time record was created`,
   ),
@@ -191,6 +189,28 @@ export const ChatDetailsSchema = z
 export const PairTimeRecordsSchema = z
   .strictObject({ allowance: AllowanceSchema.nullable(), records: z.array(TimeRecordSchema) })
   .meta({ id: 'PairTimeRecords' });
+
+/** One webhook event's delivery (`DeliveryView` of server/webhooks/deliveries.ts). */
+export const DeliverySchema = z
+  .strictObject({
+    id: z.uuid().describe("the event's id, as receivers deduplicate by it"),
+    type: z.enum(['chat.started', 'chat.paused', 'chat.resumed', 'chat.ended', 'balance.low', 'credits.added']),
+    createdAt: Time.describe("the change's time"),
+    status: z.enum(['pending', 'delivered', 'failed']),
+    attempts: z.int().min(0),
+    lastAttemptAt: Time.nullable(),
+    lastResponseStatus: z.int().nullable().describe("the receiver's HTTP status; null when it did not answer"),
+    nextAttemptAt: Time.nullable().describe('null once delivered or failed'),
+  })
+  .meta({ id: 'WebhookDelivery' });
+
+/** A page of deliveries, newest first. */
+export const DeliveryPageSchema = z
+  .strictObject({
+    items: z.array(DeliverySchema),
+    nextCursor: z.string().nullable().describe('the cursor of the next page; null on the last page'),
+  })
+  .meta({ id: 'WebhookDeliveryPage' });
 
 /** A client token for the socket's `auth: { token }`. */
 export const ClientTokenSchema = z.strictObject({ token: z.string(), expiresAt: Time }).meta({ id: 'ClientToken' });

@@ -3,11 +3,12 @@ import type { DataSource } from 'typeorm';
 import type { WebhookStatus } from '../../entities/webhook-event.js';
 import { updateReturning } from '../db.js';
 import { ConflictError, NotFoundError } from '../errors.js';
+import type { WebhookEventType } from './events.js';
 
 /** One item of `GET /v1/webhook-deliveries` (SPEC 8). */
 export interface DeliveryView {
   id: string;
-  type: string;
+  type: WebhookEventType;
   createdAt: string;
   status: WebhookStatus;
   attempts: number;
@@ -19,7 +20,7 @@ export interface DeliveryView {
 interface Row {
   id: string;
   seq: string;
-  type: string;
+  type: WebhookEventType;
   created_at: Date;
   status: WebhookStatus;
   attempts: number;

@@ -84,6 +84,8 @@ export type ModelCommand = 'start' | 'pause' | 'resume' | 'end';
 /** The comparable view of the model (and of the database): amounts as 4-decimal strings. */
 export interface Snapshot {
   balance: string;
+  /** The user's balance:low flag (once per balance). */
+  lowWarned: boolean;
   allowances: Record<string, number>;
   chats: Record<
     string,
@@ -383,6 +385,7 @@ export function topUp(m: ModelState, key: string, amount: string): 'added' | 're
 export function snapshot(m: ModelState): Snapshot {
   return {
     balance: decimal(m.balance),
+    lowWarned: m.lowWarned,
     allowances: Object.fromEntries(Object.entries(m.allowances).map(([a, x]) => [a, x.used])),
     chats: Object.fromEntries(
       m.chats.map((c) => [
