@@ -17,6 +17,10 @@ export class User {
   @Column({ name: 'low_balance_warned', type: 'boolean', default: false })
   lowBalanceWarned!: boolean;
 
+  /** The key of the user's latest ledger entry when it is a charge (it may still grow); null otherwise. */
+  @Column({ name: 'ledger_head', type: 'varchar', length: 200, nullable: true })
+  ledgerHead!: string | null;
+
   @Column({ name: 'created_at', type: 'timestamptz', default: () => 'now()' })
   createdAt!: Date;
 

@@ -40,6 +40,8 @@ export const Invariant = {
   ChargeUserMatchesChat: 'charge_user_matches_chat',
   /** The charges of a chat sum to its record's credits_used. */
   ChargesMatchCredits: 'charges_match_credits',
+  /** A user's ledger reads line by line: each balance_after is the one before it, minus a charge or plus a top-up or refund. */
+  LedgerChains: 'ledger_chains',
 } as const;
 export type Invariant = (typeof Invariant)[keyof typeof Invariant];
 
@@ -213,6 +215,19 @@ const CHECKS: Check[] = [
        ORDER BY u.id`,
     ids: (r) => ({ user: r.user_id }),
     problem: (r) => `balance ${r.balance} <> ${r.net}, the ledger's topups - charges + refunds`,
+  },
+  {
+    invariant: Invariant.LedgerChains,
+    sql: `
+      SELECT l.id::text AS entry_id, l.user_id, l.balance_after::text AS balance_after, l.expected::text AS expected
+        FROM (SELECT id, user_id, balance_after,
+                     lag(balance_after, 1, 0::numeric) OVER (PARTITION BY user_id ORDER BY id)
+                       + CASE type WHEN 'charge' THEN -amount ELSE amount END AS expected
+                FROM ledger_entries) l
+       WHERE l.balance_after <> l.expected
+       ORDER BY l.user_id, l.id`,
+    ids: (r) => ({ entry: r.entry_id, user: r.user_id }),
+    problem: (r) => `balance_after ${r.balance_after} <> ${r.expected}, the entry before it and this entry's amount`,
   },
   {
     invariant: Invariant.LedgerAmountPositive,

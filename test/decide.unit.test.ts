@@ -38,7 +38,7 @@ function chat(id: string, over: Partial<RecordRow> = {}): { chat: ChatRow; recor
 /** The rows a settlement would have read under lock. */
 function given(balance: string, ...chats: Array<ReturnType<typeof chat>>): LockedRows {
   return {
-    users: [{ id: 'u1', balance, low_balance_warned: false }],
+    users: [{ id: 'u1', balance, low_balance_warned: false, ledger_head: null }],
     allowances: [{ user_id: 'u1', advisor_id: 'a1', allocation_seconds: 0, used_seconds: 0 }],
     chats: chats.map((c) => c.chat),
     records: chats.map((c) => c.record),
@@ -55,7 +55,7 @@ describe('decideBatch (the decide step of a settlement, no database)', () => {
     };
     const first = low(false);
     expect(first.outcomes.map((o) => o.ok && o.lowBalance)).to.deep.equal([true, false]);
-    expect(first.users).to.deep.equal([{ id: 'u1', balance: '4.8000', low_balance_warned: true }]);
+    expect(first.users).to.deep.equal([{ id: 'u1', balance: '4.8000', low_balance_warned: true, ledger_head: 'charge:c2:1' }]);
     const later = low(true);
     expect(later.outcomes.map((o) => o.ok && o.lowBalance)).to.deep.equal([false, false]);
     expect(later.users[0]).to.include({ low_balance_warned: true });
@@ -68,7 +68,7 @@ describe('decideBatch (the decide step of a settlement, no database)', () => {
     ], at(10), policy);
     expect(d.outcomes.map((o) => o.ok && o.meter.durationSeconds)).to.deep.equal([10, 10]);
     // 20 paid seconds at 0.1 a second
-    expect(d.users).to.deep.equal([{ id: 'u1', balance: '8.0000', low_balance_warned: false }]);
+    expect(d.users).to.deep.equal([{ id: 'u1', balance: '8.0000', low_balance_warned: false, ledger_head: 'charge:c2:1' }]);
     expect(d.charges.map((c) => [c.chat_id, c.amount])).to.deep.equal([['c1', 10_000n], ['c2', 10_000n]]);
     expect(d.records).to.have.length(2);
     expect(d.chats, 'no status changed').to.deep.equal([]);
@@ -82,8 +82,44 @@ describe('decideBatch (the decide step of a settlement, no database)', () => {
       { chatId: 'c1', presence: present(T0) },
     ], at(5), policy);
     expect(d.records).to.have.length(1);
-    expect(d.charges).to.deep.equal([{ user_id: 'u1', chat_id: 'c1', amount: 5000n, balance_after: '9.5000', idempotency_key: 'charge:c1:0' }]);
+    expect(d.charges).to.deep.equal([{ user_id: 'u1', chat_id: 'c1', amount: 5000n, balance_after: '9.5000', idempotency_key: 'charge:c1:1' }]);
     expect(d.outcomes).to.have.length(1);
+  });
+
+  it('grows a chat\'s charge entry only while it is the user\'s latest, so each entry\'s balance follows from the one before', () => {
+    // c1's entry of segment 0 is the ledger's head: it grows in place
+    const head = given('10', chat('c1'));
+    head.users[0]!.ledger_head = 'charge:c1:0';
+    const grown = decideBatch(head, [{ chatId: 'c1', presence: present(T0) }], at(5), policy);
+    expect(grown.charges.map((c) => c.idempotency_key)).to.deep.equal(['charge:c1:0']);
+    expect(grown.records[0]).to.include({ charge_segment: 0 });
+    expect(grown.users).to.deep.equal([{ id: 'u1', balance: '9.5000', low_balance_warned: false, ledger_head: 'charge:c1:0' }]);
+
+    // c1, c2, then c1 again in one batch: each charge follows another chat's, so each is a new entry,
+    // in the order they chain: 10 → 9.5 (c1) → 9.0 (c2) → 8.5 (c1 again)
+    const rows = given('10', chat('c1'), chat('c2'));
+    rows.users[0]!.ledger_head = 'charge:c1:0';
+    const interleaved = decideBatch(
+      rows,
+      [{ chatId: 'c1', presence: present(T0) }, { chatId: 'c2', presence: present(T0) }, { chatId: 'c1', presence: present(T0) }],
+      at(5),
+      policy,
+    );
+    expect(interleaved.charges.map((c) => [c.idempotency_key, c.amount, c.balance_after])).to.deep.equal([
+      ['charge:c1:0', 5000n, '9.5000'],
+      ['charge:c2:1', 5000n, '9.0000'],
+    ]);
+    // c1's second settlement at the same instant bills nothing more: no third entry
+    expect(interleaved.users[0]).to.include({ ledger_head: 'charge:c2:1' });
+    const c1 = interleaved.records.find((r) => (r as { id: string }).id === 'rec-c1');
+    expect(c1).to.include({ charge_segment: 0 });
+
+    // the next tick: c2's entry is the head now, so c1's next charge opens its segment 1
+    const next = given('9', chat('c1'));
+    next.users[0]!.ledger_head = 'charge:c2:1';
+    const reopened = decideBatch(next, [{ chatId: 'c1', presence: present(T0) }], at(5), policy);
+    expect(reopened.charges.map((c) => [c.idempotency_key, c.balance_after])).to.deep.equal([['charge:c1:1', '8.5000']]);
+    expect(reopened.records[0]).to.include({ charge_segment: 1 });
   });
 
   it('writes nothing and pushes nothing for an away chat that did not change', () => {
@@ -112,12 +148,12 @@ describe('decideBatch (the decide step of a settlement, no database)', () => {
     bad.chat.user_id = 'u2';
     bad.record.user_id = 'u2';
     const rows = given('10', bad, chat('c2'));
-    rows.users.push({ id: 'u2', balance: '10', low_balance_warned: false });
+    rows.users.push({ id: 'u2', balance: '10', low_balance_warned: false, ledger_head: null });
     rows.allowances.push({ user_id: 'u2', advisor_id: 'a1', allocation_seconds: 0, used_seconds: 0 });
     const d = decideBatch(rows, [{ chatId: 'c1', presence: present(T0) }, { chatId: 'c2', presence: present(T0) }], at(3), policy);
     const byChat = Object.fromEntries(d.outcomes.map((o) => [o.chatId, o.ok ? o.meter.durationSeconds : o.error.code]));
     expect(byChat).to.deep.equal({ c1: 'internal', c2: 3 });
-    expect(d.users).to.deep.equal([{ id: 'u1', balance: '9.7000', low_balance_warned: false }]);
+    expect(d.users).to.deep.equal([{ id: 'u1', balance: '9.7000', low_balance_warned: false, ledger_head: 'charge:c2:1' }]);
     expect(d.records).to.have.length(1);
   });
 

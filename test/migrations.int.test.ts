@@ -4,7 +4,7 @@ import { freshDatabase, type TestDb } from './support/db.js';
 
 const TABLES = ['users', 'advisors', 'chats', 'free_time_allowances', 'conversation_time_records', 'ledger_entries'];
 const CLUSTER_TABLES = ['cluster_settings', 'cluster_nodes', 'settlement_shards'];
-const ALL = ['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000', 'UserLowBalance1764600000000', 'Webhooks1764700000000'];
+const ALL = ['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000', 'UserLowBalance1764600000000', 'Webhooks1764700000000', 'LedgerHead1764800000000'];
 const INDEXES = ['chats_open_idx', 'chats_user_advisor_idx', 'conversation_time_records_pair_idx', 'ledger_entries_user_idx', 'ledger_entries_chat_idx'];
 
 describe('migrations (hand-written SQL, with a real down)', () => {
@@ -43,6 +43,13 @@ describe('migrations (hand-written SQL, with a real down)', () => {
     expect(id).to.match(/^[0-9a-f]{32}$/);
     const [{ n, free }] = await db.ds.query(`SELECT count(*)::int AS n, count(*) FILTER (WHERE owner IS NULL)::int AS free FROM settlement_shards`);
     expect({ n, free }).to.deep.equal({ n: 64, free: 64 });
+
+    // the ledger's head goes with its migration
+    const headColumn = async () =>
+      ((await db.ds.query(`SELECT 1 FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'ledger_head'`)) as unknown[]).length;
+    expect(await headColumn()).to.equal(1);
+    await db.ds.undoLastMigration({ transaction: 'each' });
+    expect(await headColumn()).to.equal(0);
 
     // the webhook outbox goes with its migration
     expect(await existing(['webhook_events'])).to.deep.equal(['webhook_events']);

@@ -97,9 +97,10 @@ describe('verify: the invariants of SPEC section 1 over the whole database', () 
   }
 
   /** Then verify reports exactly these invariants with these ids, each message naming its ids. */
-  async function expectViolations(expected: Array<Pick<Violation, 'invariant' | 'ids'>>): Promise<Violation[]> {
+  /** Exactly these violations, besides any of the invariants in `also` (which the caller checks itself). */
+  async function expectViolations(expected: Array<Pick<Violation, 'invariant' | 'ids'>>, also: string[] = []): Promise<Violation[]> {
     const found = await verifyInvariants(db.ds);
-    expect(found.map(({ invariant, ids }) => ({ invariant, ids }))).to.deep.equal(expected);
+    expect(found.filter((v) => !also.includes(v.invariant)).map(({ invariant, ids }) => ({ invariant, ids }))).to.deep.equal(expected);
     for (const v of found) for (const id of Object.values(v.ids)) expect(v.message).to.include(id);
     return found;
   }
@@ -192,6 +193,11 @@ describe('verify: the invariants of SPEC section 1 over the whole database', () 
       await db.ds.query(`UPDATE conversation_time_records SET credits_used = 0.0004 WHERE chat_id = 'c6'`);
       await db.ds.query(`UPDATE ledger_entries SET amount = 0.0004 WHERE chat_id = 'c6'`);
       await db.ds.query(`UPDATE users SET balance = balance + 0.0001 WHERE id = 'u2'`);
+      // and the ledger's running balance, from that charge on, agrees too
+      await db.ds.query(
+        `UPDATE ledger_entries SET balance_after = balance_after + 0.0001
+          WHERE user_id = 'u2' AND id >= (SELECT min(id) FROM ledger_entries WHERE chat_id = 'c6')`,
+      );
       const [v] = await expectViolations([
         { invariant: 'record_credits_rounding', ids: { chat: 'c6', record: rec.c6!, user: 'u2', advisor: 'a3' } },
       ]);
@@ -229,6 +235,7 @@ describe('verify: the invariants of SPEC section 1 over the whole database', () 
 
     it('reports a negative balance, even one the ledger agrees with', async () => {
       await dropConstraint('users', 'users_balance_nonnegative');
+      await dropConstraint('ledger_entries', 'ledger_entries_balance_after_nonnegative');
       // 660 more paid seconds at 1/min: 11 more credits, charged and taken from the 9.5 left
       await db.ds.query(
         `UPDATE conversation_time_records
@@ -237,6 +244,10 @@ describe('verify: the invariants of SPEC section 1 over the whole database', () 
       );
       await db.ds.query(`UPDATE ledger_entries SET amount = amount + 11 WHERE chat_id = 'c2' AND type = 'charge'`);
       await db.ds.query(`UPDATE users SET balance = balance - 11 WHERE id = 'u1'`);
+      await db.ds.query(
+        `UPDATE ledger_entries SET balance_after = balance_after - 11
+          WHERE user_id = 'u1' AND id >= (SELECT min(id) FROM ledger_entries WHERE chat_id = 'c2' AND type = 'charge')`,
+      );
       const [v] = await expectViolations([{ invariant: 'balance_nonnegative', ids: { user: 'u1' } }]);
       expect(v!.message).to.include('-1.5000');
     });
@@ -261,18 +272,32 @@ describe('verify: the invariants of SPEC section 1 over the whole database', () 
       await expectViolations([{ invariant: 'charge_has_chat', ids: { entry: String(e.id), user: 'u1' } }]);
     });
 
+    it('reports a running balance that does not follow from the entry before it', async () => {
+      const [e] = await db.ds.query(`SELECT id FROM ledger_entries WHERE chat_id = 'c3' ORDER BY id LIMIT 1`);
+      await db.ds.query(`UPDATE ledger_entries SET balance_after = balance_after + 1 WHERE id = $1`, [e.id]);
+      // that entry's balance is off, and so the next one no longer follows from it
+      const [next] = await db.ds.query(`SELECT id FROM ledger_entries WHERE user_id = 'u2' AND id > $1 ORDER BY id LIMIT 1`, [e.id]);
+      await expectViolations([
+        { invariant: 'ledger_chains', ids: { entry: String(e.id), user: 'u2' } },
+        { invariant: 'ledger_chains', ids: { entry: String(next.id), user: 'u2' } },
+      ]);
+    });
+
     it("reports a charge taken from another user than the chat's", async () => {
       const [e] = await db.ds.query(
         `WITH moved AS (
-           UPDATE ledger_entries SET user_id = 'u1' WHERE chat_id = 'c3' AND idempotency_key = 'charge:c3:0' RETURNING id, amount
+           UPDATE ledger_entries SET user_id = 'u1' WHERE chat_id = 'c3' AND idempotency_key = 'charge:c3:1' RETURNING id, amount
          ) SELECT id, amount FROM moved`,
       );
       expect(e.amount).to.equal('1.0000');
       await db.ds.query(`UPDATE users SET balance = balance + 1 WHERE id = 'u2'`);
       await db.ds.query(`UPDATE users SET balance = balance - 1 WHERE id = 'u1'`);
-      await expectViolations([
-        { invariant: 'charge_user_matches_chat', ids: { entry: String(e.id), chat: 'c3', user: 'u1', advisor: 'a2' } },
-      ]);
+      // an entry moved between users breaks both users' running balances too
+      const found = await expectViolations(
+        [{ invariant: 'charge_user_matches_chat', ids: { entry: String(e.id), chat: 'c3', user: 'u1', advisor: 'a2' } }],
+        ['ledger_chains'],
+      );
+      expect(found.filter((v) => v.invariant === 'ledger_chains').map((v) => v.ids.user).sort()).to.include.members(['u1', 'u2']);
     });
 
     it("reports stray charges that don't add up to the record's credits, or have no record", async () => {

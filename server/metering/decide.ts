@@ -118,6 +118,8 @@ export interface UserRow {
   id: string;
   balance: string;
   low_balance_warned: boolean;
+  /** The key of the user's latest ledger entry when it is a charge; null otherwise. */
+  ledger_head: string | null;
 }
 
 /** A free-time allowance row as Postgres returns it. */
@@ -149,6 +151,9 @@ export interface BatchDecision {
 
 const ms = (d: Date | null): number | null => (d ? d.getTime() : null);
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
+/** The idempotency key of a chat's charge entry of one segment. */
+const chargeKey = (chatId: string, segment: number) => `charge:${chatId}:${segment}`;
+
 /** A map key for a user-advisor pair. */
 export const pairKey = (userId: string, advisorId: string) => `${userId}\u0000${advisorId}`;
 
@@ -161,6 +166,9 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
   const balances = new Map(rows.users.map((u) => [u.id, parseAmount(u.balance)]));
   // balance:low once per user balance, whichever of the user's chats runs low first (cleared by a top-up)
   const warned = new Map(rows.users.map((u) => [u.id, u.low_balance_warned]));
+  // the ledger reads line by line: a chat's charge entry grows only while it is the user's latest
+  const heads = new Map(rows.users.map((u) => [u.id, u.ledger_head]));
+  const segments = new Map<string, number>();
   const allowances = new Map(rows.allowances.map((a) => [pairKey(a.user_id, a.advisor_id), toAllowance(a)]));
   const chatsById = new Map(rows.chats.map((c) => [c.id, c]));
   const recordsByChat = new Map(rows.records.map((r) => [r.chat_id, r]));
@@ -180,7 +188,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
   }
   const work = new Map<string, Work>();
   const failures: SettleOutcome[] = [];
-  // one row per chat: a statement may not touch the same ledger row twice
+  // one row per entry (key), in the order the entries chain: a statement may not touch a row twice
   const charges = new Map<string, { user_id: string; chat_id: string; amount: bigint; balance_after: string; idempotency_key: string }>();
 
   for (const item of items) {
@@ -248,13 +256,19 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       w.charge += result.charge;
       work.set(item.chatId, w);
       if (result.charge > 0n) {
-        const prev = charges.get(chat.id);
-        charges.set(chat.id, {
+        let segment = segments.get(chat.id) ?? record.charge_segment;
+        // another entry followed this chat's (a top-up, another chat's charge): open the next one
+        if (heads.get(chat.user_id) !== chargeKey(chat.id, segment)) segment += 1;
+        const key = chargeKey(chat.id, segment);
+        segments.set(chat.id, segment);
+        heads.set(chat.user_id, key);
+        const prev = charges.get(key);
+        charges.set(key, {
           user_id: chat.user_id,
           chat_id: chat.id,
           amount: (prev?.amount ?? 0n) + result.charge,
           balance_after: formatAmount(balance),
-          idempotency_key: `charge:${chat.id}:${record.charge_segment}`,
+          idempotency_key: key,
         });
       }
     } catch (err) {
@@ -288,6 +302,7 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
         meter_seq: seq,
         low_balance_warned: w.meter.lowBalanceWarned,
         meter_state: w.meter.meterState,
+        charge_segment: segments.get(chatId) ?? w.record.charge_segment,
       });
     }
     if (chatChanged(w.before, w.meter)) {
@@ -330,8 +345,8 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
   }
 
   const userUpdates = rows.users
-    .filter((u) => parseAmount(u.balance) !== balances.get(u.id) || u.low_balance_warned !== warned.get(u.id))
-    .map((u) => ({ id: u.id, balance: formatAmount(balances.get(u.id)!), low_balance_warned: warned.get(u.id)! }));
+    .filter((u) => parseAmount(u.balance) !== balances.get(u.id) || u.low_balance_warned !== warned.get(u.id) || u.ledger_head !== heads.get(u.id))
+    .map((u) => ({ id: u.id, balance: formatAmount(balances.get(u.id)!), low_balance_warned: warned.get(u.id)!, ledger_head: heads.get(u.id)! }));
   const allowanceUpdates = rows.allowances
     .filter((a) => a.used_seconds !== allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds)
     .map((a) => ({ user_id: a.user_id, advisor_id: a.advisor_id, used_seconds: allowances.get(pairKey(a.user_id, a.advisor_id))!.usedSeconds }));

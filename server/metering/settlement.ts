@@ -180,7 +180,7 @@ export class SettlementService {
     const pairs = uniqueBy(owners.map((o) => [o.user_id, o.advisor_id] as const), ([u, a]) => pairKey(u, a));
 
     const users: UserRow[] = await em.query(
-      `SELECT id, balance, low_balance_warned FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE`,
+      `SELECT id, balance, low_balance_warned, ledger_head FROM users WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE`,
       [userIds],
     );
     const allowanceRows: AllowanceRow[] = await em.query(
@@ -211,7 +211,7 @@ export class SettlementService {
     const joined: Array<RecordRow & JoinedColumns> = await em.query(
       `SELECT r.*, c.status AS c_status, c.paused AS c_paused, c.started_at AS c_started_at,
               c.ended_at AS c_ended_at, c.end_reason AS c_end_reason, c.created_at AS c_created_at, u.balance AS u_balance,
-              u.low_balance_warned AS u_low_balance_warned,
+              u.low_balance_warned AS u_low_balance_warned, u.ledger_head AS u_ledger_head,
               f.allocation_seconds AS f_allocation_seconds, f.used_seconds AS f_used_seconds
          FROM conversation_time_records r
          JOIN chats c ON c.id = r.chat_id
@@ -225,7 +225,7 @@ export class SettlementService {
     const users = new Map<string, UserRow>();
     const pairs = new Map<string, AllowanceRow>();
     for (const j of joined) {
-      const { c_status, c_paused, c_started_at, c_ended_at, c_end_reason, c_created_at, u_balance, u_low_balance_warned, f_allocation_seconds, f_used_seconds, ...record } = j;
+      const { c_status, c_paused, c_started_at, c_ended_at, c_end_reason, c_created_at, u_balance, u_low_balance_warned, u_ledger_head, f_allocation_seconds, f_used_seconds, ...record } = j;
       rows.records.push(record);
       rows.chats.push({
         id: record.chat_id,
@@ -238,7 +238,7 @@ export class SettlementService {
         end_reason: c_end_reason,
         created_at: c_created_at,
       });
-      users.set(record.user_id, { id: record.user_id, balance: u_balance, low_balance_warned: u_low_balance_warned });
+      users.set(record.user_id, { id: record.user_id, balance: u_balance, low_balance_warned: u_low_balance_warned, ledger_head: u_ledger_head });
       const pair = { user_id: record.user_id, advisor_id: record.advisor_id, allocation_seconds: f_allocation_seconds, used_seconds: f_used_seconds };
       pairs.set(pairKey(pair.user_id, pair.advisor_id), pair);
     }
@@ -319,8 +319,8 @@ export class SettlementService {
   /**
    * Adds credits to a user's balance once per idempotency key: the same key again
    * returns the first result and adds nothing; the same key with another amount is
-   * a conflict. A top-up closes the user's open charge entries, so the ledger reads
-   * in order.
+   * a conflict. A top-up becomes the head of the user's ledger, so each chat's next charge opens a
+   * new entry after it, and the ledger reads in order.
    */
   async topUp(userId: string, amount: string, idempotencyKey: string): Promise<TopUpResult> {
     const units = parseAmount(amount);
@@ -344,16 +344,13 @@ export class SettlementService {
         throw new DomainError(ErrorCode.Unprocessable, `a balance may not exceed ${formatAmount(MAX_AMOUNT_UNITS)}`);
       }
       const balance = formatAmount(next);
-      // a new balance: its own balance:low when it runs low again
-      await em.query(`UPDATE users SET balance = $2, low_balance_warned = false, updated_at = now() WHERE id = $1`, [userId, balance]);
+      // a new balance: its own balance:low when it runs low again; the top-up is the ledger's head now,
+      // so each chat's next charge opens a new entry after it
+      await em.query(`UPDATE users SET balance = $2, low_balance_warned = false, ledger_head = NULL, updated_at = now() WHERE id = $1`, [userId, balance]);
       const rows: LedgerRow[] = await em.query(
         `INSERT INTO ledger_entries (user_id, type, amount, balance_after, idempotency_key)
          VALUES ($1, 'topup', $2, $3, $4) RETURNING *`,
         [userId, formatAmount(units), balance, idempotencyKey],
-      );
-      await em.query(
-        `UPDATE conversation_time_records SET charge_segment = charge_segment + 1 WHERE user_id = $1 AND is_active`,
-        [userId],
       );
       const entry = toLedgerView(rows[0]!);
       if (this.outbox) await insertEvents(em, [creditsAdded(userId, entry, balance, this.outbox.newId)]);
@@ -391,8 +388,8 @@ type MeterRow = RecordRow & Pick<ChatRow, 'status' | 'paused' | 'started_at'> & 
 
 /** The write of each table, reading its rows from `w.j` (see `write`). */
 const WRITES = {
-  users: `UPDATE users u SET balance = v.balance, low_balance_warned = v.low_balance_warned, updated_at = now()
-            FROM w, jsonb_to_recordset(w.j->'users') AS v(id text, balance numeric, low_balance_warned boolean)
+  users: `UPDATE users u SET balance = v.balance, low_balance_warned = v.low_balance_warned, ledger_head = v.ledger_head, updated_at = now()
+            FROM w, jsonb_to_recordset(w.j->'users') AS v(id text, balance numeric, low_balance_warned boolean, ledger_head text)
            WHERE u.id = v.id`,
   allowances: `UPDATE free_time_allowances f SET used_seconds = v.used_seconds, updated_at = now()
                  FROM w, jsonb_to_recordset(w.j->'allowances') AS v(user_id text, advisor_id text, used_seconds int)
@@ -407,20 +404,24 @@ const WRITES = {
                    credits_used = v.credits_used, is_active = v.is_active,
                    last_heartbeat_time = v.last_heartbeat_time, settled_until = v.settled_until,
                    last_present_at = v.last_present_at, ended_at = v.ended_at, end_reason = v.end_reason,
-                   meter_seq = v.meter_seq, low_balance_warned = v.low_balance_warned, meter_state = v.meter_state
+                   meter_seq = v.meter_seq, low_balance_warned = v.low_balance_warned, meter_state = v.meter_state,
+                   charge_segment = v.charge_segment
               FROM w, jsonb_to_recordset(w.j->'records') AS v(
                    id uuid, duration int, free_time_used int, paid_seconds int, credits_used numeric,
                    is_active boolean, last_heartbeat_time timestamptz, settled_until timestamptz,
                    last_present_at timestamptz, ended_at timestamptz, end_reason text, meter_seq bigint,
-                   low_balance_warned boolean, meter_state text)
+                   low_balance_warned boolean, meter_state text, charge_segment int)
              WHERE r.id = v.id`,
   events: `INSERT INTO webhook_events (id, type, created_at, body, next_attempt_at)
            SELECT v.id, v.type, v.created_at, v.body, v.created_at
              FROM w, jsonb_to_recordset(w.j->'events') AS v(id uuid, type text, created_at timestamptz, body text)`,
+  // in the order decided: new entries take ids in the order their balances chain
   charges: `INSERT INTO ledger_entries (user_id, type, amount, balance_after, chat_id, idempotency_key)
             SELECT v.user_id, 'charge', v.amount, v.balance_after, v.chat_id, v.idempotency_key
-              FROM w, jsonb_to_recordset(w.j->'charges')
-                AS v(user_id text, chat_id text, amount numeric, balance_after numeric, idempotency_key text)
+              FROM w, ROWS FROM (jsonb_to_recordset(w.j->'charges')
+                     AS (user_id text, chat_id text, amount numeric, balance_after numeric, idempotency_key text))
+                   WITH ORDINALITY AS v(user_id, chat_id, amount, balance_after, idempotency_key, ord)
+             ORDER BY v.ord
             ON CONFLICT (user_id, type, idempotency_key) DO UPDATE
                SET amount = ledger_entries.amount + EXCLUDED.amount,
                    balance_after = EXCLUDED.balance_after, updated_at = now()`,
@@ -436,6 +437,7 @@ interface JoinedColumns {
   c_created_at: Date;
   u_balance: string;
   u_low_balance_warned: boolean;
+  u_ledger_head: string | null;
   f_allocation_seconds: number;
   f_used_seconds: number;
 }
