@@ -242,6 +242,7 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
     clock,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     rateLimit: deps.rateLimit,
+    caps: { chatsPerSocket: config.maxChatsPerSocket, socketsPerPrincipal: config.maxSocketsPerPrincipal },
     sharedLimits: redis ? { redis: redis.pub, keyPrefix } : undefined,
     isClosing: () => closing,
   });

@@ -30,6 +30,8 @@ const schema = z.object({
   WEBHOOK_SECRET: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
   WEBHOOK_TIMEOUT_MS: z.preprocess(emptyAsUnset, ms(10_000)),
   METRICS_TOKEN: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
+  MAX_CHATS_PER_SOCKET: z.preprocess(emptyAsUnset, ms(50)),
+  MAX_SOCKETS_PER_PRINCIPAL: z.preprocess(emptyAsUnset, ms(100)),
   CLUSTER_LEASE_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().min(300).max(60_000).default(1500)),
   // test hooks: a node whose clock is wrong, and a node that settles chats it holds no lease on
   CHATMETER_TEST_CLOCK_SKEW_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().default(0)),
@@ -59,6 +61,10 @@ export interface Config {
   logLevel: string;
   /** How long a settlement lease and a node's membership last without renewal (many nodes). */
   clusterLeaseMs: number;
+  /** Chats one socket may have joined at once (a join past it is `conflict`). */
+  maxChatsPerSocket: number;
+  /** Sockets one user or advisor may hold on one node (a handshake past it is refused `rate_limited`). */
+  maxSocketsPerPrincipal: number;
   /** With it, `/metrics` answers only `Authorization: Bearer <token>`; null: open to whoever reaches the port. */
   metricsToken: string | null;
   /** Webhooks (SPEC 8); null without WEBHOOK_URL. */
@@ -131,6 +137,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { node?: 
     logLevel: e.LOG_LEVEL,
     clusterLeaseMs: e.CLUSTER_LEASE_MS,
     metricsToken: e.METRICS_TOKEN ?? null,
+    maxChatsPerSocket: e.MAX_CHATS_PER_SOCKET,
+    maxSocketsPerPrincipal: e.MAX_SOCKETS_PER_PRINCIPAL,
     webhook: e.WEBHOOK_URL
       ? { url: e.WEBHOOK_URL, secret: e.WEBHOOK_SECRET!, timeoutMs: e.WEBHOOK_TIMEOUT_MS, retryBaseMs: e.CHATMETER_TEST_WEBHOOK_RETRY_MS, builtInReceiver: false }
       : null,

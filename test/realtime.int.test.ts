@@ -410,6 +410,30 @@ describe('real-time protocol (real server, sockets on loopback)', () => {
     });
   });
 
+  describe('caps', () => {
+    it('refuses a socket a chat past MAX_CHATS_PER_SOCKET, and a principal a socket past MAX_SOCKETS_PER_PRINCIPAL', async () => {
+      await node.close();
+      node = await startNode(db, { MAX_CHATS_PER_SOCKET: '3', MAX_SOCKETS_PER_PRINCIPAL: '2' });
+      for (const chatId of ['c1', 'c2', 'c3', 'c4']) await given({ chatId });
+      const tab = await node.connect('u1', 'user');
+      for (const chatId of ['c1', 'c2', 'c3']) expect((await call(tab, 'chat:join', { chatId })).ok).to.equal(true);
+      const fourth = await call(tab, 'chat:join', { chatId: 'c4' });
+      expect(fourth.error?.code).to.equal('conflict');
+      expect(fourth.error.message).to.include('3 chats');
+      expect((await call(tab, 'chat:join', { chatId: 'c1' })).ok, 'joining a chat it has joined is no new chat').to.equal(true);
+      expect((await call(tab, 'chat:leave', { chatId: 'c3' })).ok).to.equal(true);
+      expect((await call(tab, 'chat:join', { chatId: 'c4' })).ok, 'room again after a leave').to.equal(true);
+
+      const second = await node.connect('u1', 'user');
+      const token = await node.token('u1', 'user');
+      const refused = await connectWith(node.url, { token }).then((s) => (s.close(), null), (e: Error) => e);
+      expect(refused?.message, 'a third socket of u1').to.equal('rate_limited');
+      expect((await node.connect('u2', 'user')).connected, 'another principal is not affected').to.equal(true);
+      second.disconnect();
+      await eventually(() => connectWith(node.url, { token }).then((s) => (s.close(), true), () => false));
+    });
+  });
+
   describe('bad input', () => {
     it('answers every client event with garbage payloads with bad_request and keeps serving', async () => {
       await node.close();

@@ -56,6 +56,8 @@ export interface RealtimeDeps {
   heartbeatIntervalMs: number;
   /** Events per second allowed per socket and per principal. */
   rateLimit?: { perSocket: number; perPrincipal: number };
+  /** Chats one socket may have joined at once, and sockets one principal may hold on this node. */
+  caps: { chatsPerSocket: number; socketsPerPrincipal: number };
   /**
    * Where the per-principal limit is counted across nodes (a user's tabs on several
    * nodes share one budget), with its key prefix; falls back to this node's memory
@@ -128,6 +130,10 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       })
     : localPerPrincipal;
 
+  /** Sockets of each principal on this node (`user:u1`, `advisor:a1`). */
+  const socketsOf = new Map<string, number>();
+  const principalKey = (p: { role: string; sub: string }) => `${p.role}:${p.sub}`;
+
   io.use((socket, next) => {
     const auth = socket.handshake.auth as { token?: unknown } | undefined;
     d.tokens
@@ -136,6 +142,12 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
         if (!principal) {
           d.metrics.rejectedEvents.inc({ code: ErrorCode.Unauthorized });
           return next(new Error(ErrorCode.Unauthorized));
+        }
+        // one token can't open sockets without end: past the cap, refused as a rate limit (clients back off and retry)
+        if ((socketsOf.get(principalKey(principal)) ?? 0) >= d.caps.socketsPerPrincipal) {
+          d.metrics.rejectedEvents.inc({ code: ErrorCode.RateLimited });
+          d.log.warn({ [principal.role === 'user' ? 'userId' : 'advisorId']: principal.sub, cap: d.caps.socketsPerPrincipal }, 'handshake refused: too many sockets');
+          return next(new Error(ErrorCode.RateLimited));
         }
         socket.data.principal = { sub: principal.sub, role: principal.role };
         socket.data.expiresAt = principal.expiresAt;
@@ -228,6 +240,9 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
       'chat:join',
       handler('chat:join', ChatRefSchema, async (socket, { chatId }) => {
         const { principal } = socket.data;
+        if (!socket.data.chats.has(chatId) && socket.data.chats.size >= d.caps.chatsPerSocket) {
+          throw new ConflictError(`a socket may have joined ${d.caps.chatsPerSocket} chats at once; leave one first`);
+        }
         // the chat counts as joined from now on, so a leave sent right behind this join (a client
         // leaving while its rejoin is on the way) cancels it instead of being refused and outlived
         if (!socket.data.chats.has(chatId)) socket.data.chats.set(chatId, JOINING);
@@ -317,6 +332,10 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
     const socket = this;
     if (socket.data.expiry !== null) d.clock.clearTimeout(socket.data.expiry);
     d.metrics.sockets.dec();
+    const key = principalKey(socket.data.principal);
+    const left = (socketsOf.get(key) ?? 1) - 1;
+    if (left > 0) socketsOf.set(key, left);
+    else socketsOf.delete(key);
     if (d.isClosing()) return;
     for (const chatId of [...socket.data.chats.keys()]) {
       leaveChat(socket, chatId).catch((err: unknown) => {
@@ -329,6 +348,7 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
   io.on('connection', (socket: ChatSocket) => {
     const { principal } = socket.data;
     d.metrics.sockets.inc();
+    socketsOf.set(principalKey(principal), (socketsOf.get(principalKey(principal)) ?? 0) + 1);
     void socket.join(principal.role === 'user' ? `user:${principal.sub}` : `advisor:${principal.sub}`);
     // at the token's expiry the transport closes: the meter stops at once (disconnect) and the
     // client reconnects through the handshake with a fresh token; beyond setTimeout's range the
