@@ -3,9 +3,10 @@
  * survive a hidden tab under Chrome's intensive wake-up throttling, and the demo pages work on
  * the served SDK. Skipped, saying why, where /usr/bin/chromium is missing (`.ci/run` installs it).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { type Browser, type Page, chromium } from 'playwright-core';
 import { freshDatabase, type TestDb } from './support/db.js';
@@ -13,6 +14,8 @@ import { freePort } from './support/ports.js';
 import { type ClientSocket, type TestNode, call, collect, eventually, startNode } from './support/server.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+/** Where screenshots of the demo pages go (test artifacts, not committed). */
+const ARTIFACTS = process.env.TEST_ARTIFACTS ?? fileURLToPath(new URL('../test-artifacts', import.meta.url));
 /** No network beyond loopback on this machine: keep Chromium from trying (docs: STACK.md). */
 const ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -176,6 +179,52 @@ describe('client SDK in Chromium', function () {
       await eventually(async () => (await text(tab.page, 'ended')).includes('you ended it'));
       await dashboard.page.locator('tr[data-chat="c1"]').waitFor({ state: 'detached', timeout: 5000 });
       expect([...tab.errors, ...dashboard.errors]).to.deep.equal([]);
+    });
+
+    it('two user tabs and the dashboard: meters move in all three, one tab closed bills once, both closed stop the meter', async () => {
+      await node.close();
+      node = await startNode(db, { METER_TICK_MS: '250', HEARTBEAT_INTERVAL_MS: '1000', HEARTBEAT_GRACE_MS: '1000' });
+      await given(node, 'c1');
+      const dashboard = await open(`/demo/advisor.html?token=${await node.token('a1', 'advisor')}`);
+      const userUrl = `/demo/user.html?chat=c1&token=${await node.token('u1', 'user')}`;
+      const [tabA, tabB] = [await open(userUrl), await open(userUrl)];
+      for (const tab of [tabA, tabB]) await eventually(async () => (await text(tab.page, 'state')) === 'pending');
+      await dashboard.page.locator('tr[data-chat="c1"] button.start').click();
+      const row = (cls: string) => dashboard.page.locator(`tr[data-chat="c1"] .${cls}`).textContent();
+      // meters move in all three pages
+      const before = [await text(tabA.page, 'duration'), await text(tabB.page, 'duration'), await row('duration')];
+      await eventually(async () => {
+        const now = [await text(tabA.page, 'duration'), await text(tabB.page, 'duration'), await row('duration')];
+        return now.every((d, i) => d !== before[i] && d !== '0:00');
+      }, 8000);
+      mkdirSync(ARTIFACTS, { recursive: true });
+      await tabA.page.screenshot({ path: `${ARTIFACTS}/user-tab.png` });
+      await dashboard.page.screenshot({ path: `${ARTIFACTS}/advisor-dashboard.png` });
+
+      const meter = async () => (await node.api('GET', '/v1/chats/c1/meter')).body as { durationSeconds: number; state: string };
+      // two tabs bill one second a second: over ~2.5 s, at most the seconds that passed (+1 for the edges)
+      const t0 = Date.now();
+      const d0 = (await meter()).durationSeconds;
+      await eventually(() => Date.now() - t0 > 2500, 5000);
+      expect((await meter()).durationSeconds - d0).to.be.at.most(Math.ceil((Date.now() - t0) / 1000) + 1);
+
+      // one tab closed: the other keeps it running, still once
+      await tabA.page.close();
+      const t1 = Date.now();
+      const d1 = (await meter()).durationSeconds;
+      await eventually(() => Date.now() - t1 > 2500, 5000);
+      const after = await meter();
+      expect(after.state).to.equal('running');
+      expect(after.durationSeconds - d1).to.be.at.least(1).and.at.most(Math.ceil((Date.now() - t1) / 1000) + 1);
+
+      // both closed: the meter stops at once, on the dashboard too
+      await tabB.page.close();
+      await eventually(async () => (await row('state')) === 'away', 5000);
+      const stopped = (await meter()).durationSeconds;
+      const t2 = Date.now();
+      await eventually(() => Date.now() - t2 > 1500, 5000);
+      expect((await meter()).durationSeconds, 'nobody present: nothing billed').to.equal(stopped);
+      expect([...tabA.errors, ...tabB.errors, ...dashboard.errors]).to.deep.equal([]);
     });
 
     it('the user tab shows a refused token as such', async () => {
