@@ -45,7 +45,9 @@ export class Tokens {
     try {
       const { payload } = await jwtVerify(token, await this.key, { algorithms: ['HS256'], requiredClaims: ['exp', 'sub'] });
       const parsed = claims.safeParse(payload);
-      return parsed.success ? { ...parsed.data, expiresAt: (payload.exp as number) * 1000 } : null;
+      // jose takes any number for exp: 1e999 (Infinity) would be a token that never expires
+      if (!parsed.success || !Number.isFinite(payload.exp)) return null;
+      return { ...parsed.data, expiresAt: (payload.exp as number) * 1000 };
     } catch {
       return null;
     }

@@ -323,9 +323,19 @@ export function attachRealtime(io: ChatServer, d: RealtimeDeps): void {
   function unknownEvent(this: ChatSocket, event: string, ...args: unknown[]): void {
     // events with a handler answer for themselves
     if (handled.has(event)) return;
-    d.metrics.rejectedEvents.inc({ code: ErrorCode.BadRequest });
     const ack = args[args.length - 1];
-    if (typeof ack === 'function') ack({ ok: false, error: { code: ErrorCode.BadRequest, message: `unknown event ${String(event).slice(0, 64)}` } });
+    // an unknown event counts against the socket's budget like any other
+    consume(perSocket, this.id).then(
+      () => {
+        d.metrics.rejectedEvents.inc({ code: ErrorCode.BadRequest });
+        if (typeof ack === 'function') ack({ ok: false, error: { code: ErrorCode.BadRequest, message: `unknown event ${String(event).slice(0, 64)}` } });
+      },
+      (err: unknown) => {
+        const code = err instanceof DomainError ? err.code : ErrorCode.Internal;
+        d.metrics.rejectedEvents.inc({ code });
+        if (typeof ack === 'function') ack({ ok: false, error: { code, message: err instanceof DomainError ? err.message : 'internal error' } });
+      },
+    );
   }
 
   function disconnected(this: ChatSocket): void {
