@@ -7,6 +7,7 @@ import { gzipSync } from 'node:zlib';
 import { expect } from 'chai';
 import { type Client, ChatmeterError, type ClientState, type MeterSnapshot, connect } from '../client-sdk/src/index.js';
 import { freshDatabase, type TestDb } from './support/db.js';
+import { startBalancer } from './support/balancer.js';
 import { type TestNode, eventually, startNode } from './support/server.js';
 
 /** Short backoff: a restart on the same port is found in well under a second. */
@@ -163,6 +164,37 @@ describe('client SDK (real node)', () => {
     const before = meters.length;
     await eventually(() => meters.length > before + 3 && meters.at(-1)!.state === 'running', 10_000);
     expect(seen).to.include.ordered.members(['reconnecting', 'connected']);
+  });
+
+  it('moves to another node behind a balancer when its node shuts down, and the meters go on from the same record', async function () {
+    if (!process.env.REDIS_URL || !db.url) return this.skip(); // two nodes share presence and pushes through Redis
+    const other = await startNode(db);
+    const balancer = await startBalancer([Number(new URL(node.url).port), Number(new URL(other.url).port)]);
+    try {
+      const g = await given();
+      const user = open({ url: balancer.url, token: await node.token(g.userId, 'user') });
+      const session = await user.joinChat(g.chatId);
+      const meters: MeterSnapshot[] = [];
+      session.on('meter', (m) => meters.push(m));
+      await node.api('POST', `/v1/chats/${g.chatId}/start`);
+      await eventually(() => meters.filter((m) => m.state === 'running').length >= 3);
+      const seen = states(user);
+      // whichever node holds the tab, shut one down and then the other's meters must carry on
+      const holder = node.app.io.of('/').sockets.size > 0 ? node : other;
+      const survivor = holder === node ? other : node;
+      balancer.backends = [Number(new URL(survivor.url).port)];
+      await holder.close();
+      await eventually(() => seen.includes('reconnecting') && user.state === 'connected', 10_000);
+      const before = meters.length;
+      await eventually(() => meters.length > before + 3 && meters.at(-1)!.state === 'running', 10_000);
+      expect(new Set(meters.map((m) => m.recordId)).size, 'one record throughout').to.equal(1);
+      const seqs = meters.map((m) => m.seq);
+      expect(seqs.every((s, i) => i === 0 || s > seqs[i - 1]!), `seqs ${seqs}`).to.equal(true);
+      if (holder === node) node = survivor; // afterEach closes the node left; the finally closes the other (closing twice is a no-op)
+    } finally {
+      if (other !== node) await other.close();
+      await balancer.close();
+    }
   });
 
   it('leave() stops the heartbeats: the meter goes away and stays away', async () => {
