@@ -4,7 +4,7 @@ import { freshDatabase, type TestDb } from './support/db.js';
 
 const TABLES = ['users', 'advisors', 'chats', 'free_time_allowances', 'conversation_time_records', 'ledger_entries'];
 const CLUSTER_TABLES = ['cluster_settings', 'cluster_nodes', 'settlement_shards'];
-const ALL = ['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000', 'UserLowBalance1764600000000', 'Webhooks1764700000000', 'LedgerHead1764800000000'];
+const ALL = ['Initial1764300000000', 'Cluster1764400000000', 'Fillfactor1764500000000', 'UserLowBalance1764600000000', 'Webhooks1764700000000', 'LedgerHead1764800000000', 'AdvisorOpenChats1764900000000'];
 const INDEXES = ['chats_open_idx', 'chats_user_advisor_idx', 'conversation_time_records_pair_idx', 'ledger_entries_user_idx', 'ledger_entries_chat_idx'];
 
 describe('migrations (hand-written SQL, with a real down)', () => {
@@ -43,6 +43,21 @@ describe('migrations (hand-written SQL, with a real down)', () => {
     expect(id).to.match(/^[0-9a-f]{32}$/);
     const [{ n, free }] = await db.ds.query(`SELECT count(*)::int AS n, count(*) FILTER (WHERE owner IS NULL)::int AS free FROM settlement_shards`);
     expect({ n, free }).to.deep.equal({ n: 64, free: 64 });
+
+    // the advisors' open-chats index goes with its migration, and the dashboard's read uses it
+    // one connection for the setting and the plan (an empty table would be scanned otherwise)
+    const runner = db.ds.createQueryRunner();
+    let plan: string;
+    try {
+      await runner.query(`SET enable_seqscan = off`);
+      plan = JSON.stringify(await runner.query(`EXPLAIN SELECT * FROM chats WHERE advisor_id = 'a1' AND status <> 'ended' ORDER BY created_at, id`));
+      await runner.query(`RESET enable_seqscan`);
+    } finally {
+      await runner.release();
+    }
+    expect(plan).to.include('chats_advisor_open_idx');
+    await db.ds.undoLastMigration({ transaction: 'each' });
+    expect(await existing(['chats_advisor_open_idx'])).to.deep.equal([]);
 
     // the ledger's head goes with its migration
     const headColumn = async () =>
