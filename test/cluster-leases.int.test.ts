@@ -114,6 +114,43 @@ describe('settlement leases in Postgres', function () {
     });
   });
 
+  it('takes no node for dead right after an outage that kept this one from renewing too, and does once they had time to come back', async function () {
+    if (db.embedded) this.skip();
+    await clean();
+    const { eventually } = await import('./support/server.js');
+    let clock = 0;
+    const departed: string[] = [];
+    const { ds } = await member('unused');
+    const a = new PostgresCluster(ds, { nodeId: 'a', leaseMs: 600, log: quiet, metrics: noMetrics, monotonic: () => clock });
+    a.onDeparted((id) => departed.push(id));
+    await ds.query(`INSERT INTO cluster_nodes (node_id) VALUES ('b')`);
+    await a.start(); // it looks every 200 ms from now on, on the clock this test moves
+    /** Lets a's looks run for a while (each at the same moment of its clock). */
+    const looks = async () => {
+      const since = Date.now();
+      await eventually(() => (a.poke(), Date.now() - since > 300));
+    };
+    try {
+      // the database was away 10 s for everyone: both rows are stale, and a renews first
+      await ds.query(`UPDATE cluster_nodes SET seen_at = clock_timestamp() - interval '10 seconds'`);
+      clock += 10_000;
+      await looks();
+      expect(departed, 'b had no chance to renew yet').to.deep.equal([]);
+      // b renews within the grace (three leases): it stays
+      await ds.query(`UPDATE cluster_nodes SET seen_at = clock_timestamp() WHERE node_id = 'b'`);
+      clock += 1000;
+      await looks();
+      expect(departed).to.deep.equal([]);
+      // b really died: once the grace is over, it is taken for dead
+      await ds.query(`UPDATE cluster_nodes SET seen_at = clock_timestamp() - interval '10 seconds' WHERE node_id = 'b'`);
+      clock += 1000;
+      await eventually(() => (a.poke(), departed.length > 0));
+      expect(departed).to.deep.equal(['b']);
+    } finally {
+      await a.leave();
+    }
+  });
+
   it('spreads the shards evenly over three nodes and moves few when one leaves', async function () {
     if (db.embedded) this.skip();
     await clean();

@@ -31,6 +31,8 @@ export interface PostgresClusterOptions {
   leaseMs: number;
   log: Logger;
   metrics: ClusterMetrics;
+  /** A monotonic clock in ms (default `performance.now`), for tests. */
+  monotonic?: () => number;
 }
 
 /** Membership and leases shared by every node on one database. */
@@ -46,6 +48,10 @@ export class PostgresCluster implements Cluster {
   private running: Promise<void> | null = null;
   private again = false;
   private member = false;
+  /** When this node last renewed its membership (monotonic ms). */
+  private lastRenewal = -Infinity;
+  /** Before this (monotonic ms), this node takes no other for dead: it was cut off itself, and so were they. */
+  private sweepFrom = -Infinity;
 
   constructor(
     private readonly ds: DataSource,
@@ -157,6 +163,16 @@ export class PostgresCluster implements Cluster {
       this.opts.log.warn({}, 'this node was taken for dead by another and rejoins the cluster');
       this.emit(this.rejoins);
     }
+    const now = (this.opts.monotonic ?? performance.now.bind(performance))();
+    // this node couldn't renew for as long as it takes to call a node dead (the database was away, or
+    // this node stalled): the others likely couldn't either. Taking them for dead now would end their
+    // users' presence at their last renewal and the outage would go unbilled (the fault run found it,
+    // docs/RELIABILITY.md): give them as long to come back first
+    if (this.joined && now - this.lastRenewal > 3 * this.opts.leaseMs) {
+      this.sweepFrom = now + 3 * this.opts.leaseMs;
+      this.opts.log.warn({ unrenewedMs: Math.round(now - this.lastRenewal) }, 'renewed after an outage; no node is taken for dead until the others had time to renew');
+    }
+    this.lastRenewal = now;
     this.joined = true;
     const live: Array<{ node_id: string }> = await this.ds.query(
       `SELECT node_id FROM cluster_nodes WHERE seen_at > clock_timestamp() - $1::interval ORDER BY node_id`,
@@ -165,11 +181,15 @@ export class PostgresCluster implements Cluster {
     // a node unseen for three leases died without leaving (or stalled as long): whoever deletes its
     // row (one node) tells the app, which ends that node's presence. Its leases went after one lease;
     // this waits longer so a node merely slowed by load keeps its sockets' presence
-    const gone: Array<{ node_id: string; seen_ms: number }> = await updateReturning(this.ds, 
-      `DELETE FROM cluster_nodes WHERE seen_at <= clock_timestamp() - 3 * $1::interval
-    RETURNING node_id, (extract(epoch FROM seen_at) * 1000)::float8 AS seen_ms`,
-      [this.interval],
-    );
+    const gone: Array<{ node_id: string; seen_ms: number }> =
+      now < this.sweepFrom
+        ? []
+        : await updateReturning(
+            this.ds,
+            `DELETE FROM cluster_nodes WHERE seen_at <= clock_timestamp() - 3 * $1::interval
+          RETURNING node_id, (extract(epoch FROM seen_at) * 1000)::float8 AS seen_ms`,
+            [this.interval],
+          );
     for (const g of gone) {
       this.opts.log.warn({ departedNode: g.node_id, lastSeen: new Date(Number(g.seen_ms)).toISOString() }, 'a node died without leaving');
       this.emit(this.departures, g.node_id, Number(g.seen_ms));
