@@ -5,11 +5,13 @@
  * then every chat ended over HTTP and billed seconds compared with present ones;
  * `verifyInvariants` over the whole database closes the row.
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { verifyInvariants } from '../server/verify.js';
 import { eventually } from '../test/support/server.js';
 import { chatRows, createChats, durations, endChats, openTabs, startChats } from './chats.js';
 import { type Cluster, type Node, TIMING } from './cluster.js';
-import { type ChatMeasure, acrossFault, measureChat } from './measure.js';
+import { type ChatMeasure, type ChatRow, acrossFault, measureChat } from './measure.js';
 import type { Tab } from './tab.js';
 
 /** How long the rules let the meter run past the latest heartbeat. */
@@ -156,6 +158,7 @@ async function meterThroughFault(h: Cluster, sc: Scenario, index: number, notes:
     );
     for (const r of rows) if (r.endReason !== 'ended_by_platform') notes.push(`${r.id} ended ${r.endReason}, not by the run`);
     for (const m of measures.filter((x) => x.double || x.lost)) {
+      if (process.env.FAULTS_LOG_DIR) dumpChat(process.env.FAULTS_LOG_DIR, m, rows.find((r) => r.id === m.chatId)!, tabs.filter((t) => t.chatId === m.chatId), faultAt, outcome);
       notes.push(
         `${m.chatId}: billed ${m.billed} s, present ${(m.certainMs / 1000).toFixed(1)}-${(m.mostMs / 1000).toFixed(1)} s in ${m.spans} span(s): ` +
           `${m.double} double-billed, ${m.lost} lost; ${acrossFault(tabs.filter((t) => t.chatId === m.chatId), faultAt, outcome.end)}`,
@@ -169,6 +172,13 @@ async function meterThroughFault(h: Cluster, sc: Scenario, index: number, notes:
   } finally {
     for (const t of tabs) t.close();
   }
+}
+
+/** A flagged chat's whole story, for a closer look: its row, figures, the fault's times, each tab's sessions, windows and meters. */
+function dumpChat(dir: string, m: ChatMeasure, row: ChatRow, tabs: Tab[], faultAt: number, outcome: FaultOutcome): void {
+  mkdirSync(dir, { recursive: true });
+  const story = { row, measure: m, faultAt, faultEnd: outcome.end, tabs: tabs.map((t) => ({ node: t.node, sessions: t.sessions, overrides: t.overrides, meters: t.meters })) };
+  writeFileSync(join(dir, `${m.chatId}.json`), JSON.stringify(story, null, 1));
 }
 
 /** ms from `since` until every tab has seen a running meter settled after it, beyond `d0` (null past the limit). */
