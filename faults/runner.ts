@@ -165,7 +165,10 @@ async function meterThroughFault(h: Cluster, sc: Scenario, index: number, notes:
       );
     }
     const gaps = measures.map((m) => m.billed - m.certainMs / 1000);
-    if (gaps.length) notes.push(`per chat, billed minus surely present: ${Math.min(...gaps).toFixed(2)} to ${Math.max(...gaps).toFixed(2)} s`);
+    const over = Math.max(...measures.map((m) => m.billed - m.mostMs / 1000));
+    if (gaps.length) {
+      notes.push(`per chat, billed minus surely present: ${Math.min(...gaps).toFixed(2)} to ${Math.max(...gaps).toFixed(2)} s; billed minus at most present: at most ${over.toFixed(2)} s`);
+    }
     const hb = sum(tabs.map((t) => t.heartbeatErrors));
     if (hb) notes.push(`${hb} heartbeats answered with an error`);
     return { tabs: tabs.length, affected: outcome.affected.size, recoveryMs, measures };

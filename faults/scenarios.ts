@@ -26,7 +26,10 @@ function busiest(ctx: FaultContext): { node: Node; affected: Set<string>; settle
   return { node, affected, settles: count(node), tabs: onIt.length };
 }
 
-/** Polls the node's own backends until one is inside a transaction; describes it (null: none within `ms`). */
+/**
+ * Polls the node's own backends until one is inside a billing transaction (between its
+ * START TRANSACTION and its COMMIT, or on a billing table); describes it (null: none within `ms`).
+ */
 async function inTransaction(h: Cluster, node: Node, ms: number): Promise<string | null> {
   const ports = tcpPortsOf(node.proc.child.pid!);
   const deadline = Date.now() + ms;
@@ -34,7 +37,9 @@ async function inTransaction(h: Cluster, node: Node, ms: number): Promise<string
     const rows: Array<{ client_port: number; state: string; query: string; age_ms: number }> = await h.ds.query(
       `SELECT client_port, state, left(regexp_replace(query, '\\s+', ' ', 'g'), 60) AS query,
               (extract(epoch FROM clock_timestamp() - xact_start) * 1000)::float8 AS age_ms
-         FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'chatmeter' AND xact_start IS NOT NULL`,
+         FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'chatmeter' AND xact_start IS NOT NULL
+          AND (state = 'idle in transaction' OR query ~* '^(START TRANSACTION|COMMIT)|conversation_time_records|ledger_entries|free_time_allowances')`,
     );
     const mine = rows.find((r) => ports.has(r.client_port));
     if (mine) return `${mine.state}, ${Math.round(mine.age_ms)} ms into it, at "${mine.query}..."`;
