@@ -30,7 +30,7 @@ let finished = false;
 
 async function main(): Promise<number> {
   const began = Date.now();
-  log(`faults: ${scenarios.length} scenarios on 3 nodes, database on ${new URL(base).host}, a redis-server of the run's own`);
+  log(`fault run: ${scenarios.length} scenarios on 3 nodes, database on ${new URL(base).host}, a redis-server of the run's own`);
   cluster = await Cluster.start(base);
   await cluster.ensure(3);
   log(`cluster up in ${((Date.now() - began) / 1000).toFixed(1)} s`);
@@ -95,7 +95,7 @@ function failedRow(key: string, fault: string, chats: number, err: unknown): Row
 /** Abandons the run (timeout, Ctrl-C): cleans up and prints the line as failed. */
 async function abandon(why: string): Promise<never> {
   if (!finished) {
-    log(`faults: abandoned: ${why}`);
+    log(`fault run abandoned: ${why}`);
     await cluster?.close().catch(() => undefined);
     log(lastLine(rows, false));
   }
