@@ -511,12 +511,23 @@ async function connectRedis(url: string, log: Logger, metrics: Metrics): Promise
   }
   await Promise.all([pub.connect(), sub.connect()]);
   const publish = pub.publish.bind(pub);
+  // every meter is a publish: an outage at 5,000 chats would log 5,000 lines a second. Once per
+  // outage, then a summary when Redis is back (the metric still counts each)
+  let dropped = 0;
+  let since = 0;
   (pub as { publish: unknown }).publish = ((...args: Parameters<typeof publish>) =>
     publish(...args).catch((err: unknown) => {
       metrics.backgroundErrors.inc({ where: 'redis_publish' });
-      log.warn({ err }, 'redis publish failed; packet dropped');
+      if (dropped++ === 0) {
+        since = Date.now();
+        log.warn({ err }, 'redis publish failed; packets are dropped until Redis is back');
+      }
       return 0;
     })) as typeof pub.publish;
+  pub.on('ready', () => {
+    if (dropped) log.info({ dropped, forMs: Date.now() - since }, 'redis is back; publishing again');
+    dropped = 0;
+  });
   return { pub, sub };
 }
 
