@@ -60,7 +60,8 @@ describe('client SDK in Chromium', function () {
 
   it('keeps a hidden tab\'s heartbeats on time under intensive throttling, while a setInterval in the same page lapses', async () => {
     await db.reset();
-    // a 4 s presence window: heartbeats every 2 s (a hidden page wakes timers on whole seconds: at most 3 s apart)
+    // heartbeats every 2 s (a hidden page wakes timers on whole seconds: at most 3 s apart), inside a
+    // 5 s presence window, so a heartbeat late under CI load doesn't flip the meter away
     const page$ = await appOrigin(`<!doctype html><html><head><title>hidden tab</title>
       <script type="module">
         const params = new URLSearchParams(location.search);
@@ -72,7 +73,7 @@ describe('client SDK in Chromium', function () {
         await client.joinChat(params.get('chat'));
         window.rec.joined = true;
       </script></head><body></body></html>`); // no content painted: see the grace period below
-    const node = await startNode(db, { METER_TICK_MS: '1000', HEARTBEAT_INTERVAL_MS: '2000', HEARTBEAT_GRACE_MS: '2000', CORS_ORIGINS: page$.url });
+    const node = await startNode(db, { METER_TICK_MS: '1000', HEARTBEAT_INTERVAL_MS: '2000', HEARTBEAT_GRACE_MS: '3000', CORS_ORIGINS: page$.url });
     const port = await freePort();
     // Chrome's grace before intensive throttling is 5 minutes; 0 s here. Chromium 156 takes the
     // parameter only for a page that has painted no content yet (a painted page gets 60 s), hence the empty body.
@@ -112,7 +113,8 @@ describe('client SDK in Chromium', function () {
       // the control: without it, this test would prove nothing
       expect(interval, 'intensive throttling engaged: the page\'s setInterval lapsed').to.be.at.least(10_000);
       const beats = maxGap(heartbeats, hiddenAt, end);
-      expect(beats, 'largest gap between the hidden tab\'s heartbeats').to.be.at.most(3_500);
+      // 3 s expected; a chained timer's gap is 10-60 s
+      expect(beats, 'largest gap between the hidden tab\'s heartbeats').to.be.at.most(4_000);
       const hidden = meters.slice(seenBefore);
       expect(hidden.length, 'a meter each tick').to.be.at.least(25);
       expect(hidden.map((m) => m.state).filter((s) => s !== 'running'), 'the meter never went away').to.deep.equal([]);
