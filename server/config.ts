@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 
-const ms = (def: number) => z.coerce.number().int().positive().default(def);
+const positive = (def: number) => z.coerce.number().int().positive().default(def);
+const ms = positive;
 const seconds = (def: number) => z.coerce.number().int().nonnegative().default(def);
 const emptyAsUnset = (v: unknown) => (v === '' ? undefined : v);
 
@@ -30,8 +31,8 @@ const schema = z.object({
   WEBHOOK_SECRET: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
   WEBHOOK_TIMEOUT_MS: z.preprocess(emptyAsUnset, ms(10_000)),
   METRICS_TOKEN: z.preprocess(emptyAsUnset, z.string().min(16).optional()),
-  MAX_CHATS_PER_SOCKET: z.preprocess(emptyAsUnset, ms(50)),
-  MAX_SOCKETS_PER_PRINCIPAL: z.preprocess(emptyAsUnset, ms(100)),
+  MAX_CHATS_PER_SOCKET: z.preprocess(emptyAsUnset, positive(50)),
+  MAX_SOCKETS_PER_PRINCIPAL: z.preprocess(emptyAsUnset, positive(100)),
   CLUSTER_LEASE_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().min(300).max(60_000).default(1500)),
   // test hooks: a node whose clock is wrong, and a node that settles chats it holds no lease on
   CHATMETER_TEST_CLOCK_SKEW_MS: z.preprocess(emptyAsUnset, z.coerce.number().int().default(0)),

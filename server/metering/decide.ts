@@ -48,8 +48,10 @@ export type SettleOutcome =
        * happens (its abandonment deadline); null otherwise.
        */
       wakeAt: number | null;
-      /** The chat as this settlement left it. */
-      chat: ChatView;
+      /** The chat's state as this settlement left it (its other fields never change). */
+      chat: Pick<ChatView, 'status' | 'startedAt' | 'endedAt' | 'endReason'>;
+      /** When the chat was created (formatted only when an event needs it: this runs for every chat every tick). */
+      createdAt: Date;
       /** State commands of this settlement that changed the chat (a no-op command is not here). */
       applied: Array<'start' | 'pause' | 'resume'>;
       /** The time record as this settlement left it, for a chat it ended (the receipt); null otherwise. */
@@ -329,16 +331,8 @@ export function decideBatch(rows: LockedRows, items: SettleItem[], now: number, 
       lowBalance: w.lowBalance,
       charge: w.charge,
       wakeAt: w.meter.meterState === 'away' || w.meter.meterState === 'paused' ? abandonDeadline(w.meter, opts.observedSince ?? -Infinity, policy) : null,
-      chat: {
-        id: chatId,
-        userId: w.meter.userId,
-        advisorId: w.meter.advisorId,
-        status: w.meter.status,
-        endReason: w.meter.endReason,
-        createdAt: chatsById.get(chatId)!.created_at.toISOString(),
-        startedAt: iso(w.meter.startedAt),
-        endedAt: iso(w.meter.endedAt),
-      },
+      chat: { status: w.meter.status, startedAt: iso(w.meter.startedAt), endedAt: iso(w.meter.endedAt), endReason: w.meter.endReason },
+      createdAt: chatsById.get(chatId)!.created_at,
       applied: w.applied,
       record: w.ended ? recordView(w.record, w.meter) : null,
     });

@@ -2,7 +2,7 @@
  * The events of SPEC 8, pure: built from what a settlement decided or a top-up did, as the
  * rows the outbox stores. An event's body is serialized once, here, and never changes.
  */
-import type { MeterSnapshot, TimeRecordView } from '../../client-sdk/src/protocol.js';
+import type { ChatView, MeterSnapshot, TimeRecordView } from '../../client-sdk/src/protocol.js';
 import type { SettleOutcome } from '../metering/decide.js';
 import type { LedgerEntryView } from '../metering/settlement.js';
 
@@ -41,13 +41,18 @@ export function settlementEvents(outcomes: SettleOutcome[], now: number, newId: 
   const rows: OutboxRow[] = [];
   for (const o of outcomes) {
     if (!o.ok) continue;
-    for (const kind of o.applied) rows.push(row(newId(), COMMAND_EVENT[kind], createdAt, { chat: o.chat, meter: o.meter }));
-    if (o.ended && o.record) rows.push(row(newId(), 'chat.ended', createdAt, { chat: o.chat, record: o.record, receipt: receipt(o.record, o.meter) }));
+    for (const kind of o.applied) rows.push(row(newId(), COMMAND_EVENT[kind], createdAt, { chat: chatView(o), meter: o.meter }));
+    if (o.ended && o.record) rows.push(row(newId(), 'chat.ended', createdAt, { chat: chatView(o), record: o.record, receipt: receipt(o.record, o.meter) }));
     if (o.lowBalance) {
       rows.push(row(newId(), 'balance.low', createdAt, { userId: o.meter.userId, balance: o.meter.balance, secondsAffordable: o.meter.secondsAffordable }));
     }
   }
   return rows;
+}
+
+/** The chat as the settlement left it, as the API shows it. */
+function chatView(o: Extract<SettleOutcome, { ok: true }>): ChatView {
+  return { id: o.chatId, userId: o.meter.userId, advisorId: o.meter.advisorId, ...o.chat, createdAt: o.createdAt.toISOString() };
 }
 
 /** `credits.added`, for a top-up that added (a replay adds nothing and emits nothing). */
