@@ -82,6 +82,41 @@ describe('initializeTimeTrackingForChat under concurrency (rule 7)', () => {
     expect(await verifyInvariants(db.ds)).to.deep.equal([]);
   });
 
+  it('creates the records of chats first asked for in one turn with one statement, each with its pair\'s allowance', async () => {
+    await s.accounts.putAdvisor('a2', { ratePerMinute: '3', freeSeconds: 60 });
+    const chatIds = Array.from({ length: 12 }, (_, i) => `b${i}`);
+    for (const [i, id] of chatIds.entries()) await s.accounts.createChat({ id, userId: 'u1', advisorId: i % 2 ? 'a2' : 'a1' });
+    // one ended before its record exists: its record is created ended
+    await db.ds.query(`UPDATE chats SET status = 'ended', ended_at = now(), end_reason = 'ended_by_platform' WHERE id = 'b0'`);
+    const engine = new SettlementService(db.ds, testPolicy);
+    const statements: string[] = [];
+    const query = db.ds.query.bind(db.ds);
+    (db.ds as { query: unknown }).query = (sql: string, ...rest: unknown[]) => {
+      statements.push(sql);
+      return (query as (sql: string, ...r: unknown[]) => Promise<unknown>)(sql, ...rest);
+    };
+    let got: Awaited<ReturnType<SettlementService['initializeTimeTrackingForChat']>>[];
+    try {
+      got = await Promise.all(chatIds.map((id, i) => engine.createRecord('u1', i % 2 ? 'a2' : 'a1', id)));
+    } finally {
+      (db.ds as { query: unknown }).query = query;
+    }
+    expect(statements, statements.join('\n---\n')).to.have.length(1);
+    expect(got.map((r) => r.chat_id)).to.deep.equal(chatIds);
+    for (const [i, r] of got.entries()) {
+      expect(r).to.include({ user_id: 'u1', advisor_id: i % 2 ? 'a2' : 'a1', total_free_time_allocation: i % 2 ? 60 : 120 });
+      expect(r.rate_per_minute).to.equal(i % 2 ? '3.0000' : '2.0000');
+    }
+    expect(got[0]).to.include({ is_active: false, meter_state: 'ended', end_reason: 'ended_by_platform' });
+    expect(got[1]).to.include({ is_active: true, meter_state: 'pending' });
+    expect(await count(`SELECT count(*) AS n FROM free_time_allowances WHERE user_id = 'u1'`)).to.equal(2);
+    // asked again: the existing rows, nothing new
+    const again = await Promise.all(chatIds.map((id, i) => engine.createRecord('u1', i % 2 ? 'a2' : 'a1', id)));
+    expect(again.map((r) => r.id)).to.deep.equal(got.map((r) => r.id));
+    expect(await count(`SELECT count(*) AS n FROM conversation_time_records`)).to.equal(12);
+    expect(await verifyInvariants(db.ds)).to.deep.equal([]);
+  });
+
   it('returns the existing record when going back to an ended chat, from any node', async () => {
     await s.accounts.createChat({ id: 'A', userId: 'u1', advisorId: 'a1' });
     const first = await nodes[0]!.initializeTimeTrackingForChat('u1', 'a1', 'A');

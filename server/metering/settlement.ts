@@ -98,8 +98,60 @@ export class SettlementService {
   /**
    * Creates the chat's time record (and the pair's allowance), for a caller that has
    * just read the chat and found it without one; a concurrent creator's row wins.
+   * The creations asked for in one turn of the event loop (a burst of starts or first
+   * joins) share one statement; a chat that statement could not create (a concurrent
+   * creator got there first, or the batch failed) is created alone.
    */
   async createRecord(userId: string, advisorId: string, chatId: string): Promise<RecordRow> {
+    return (await this.newRecords.load(chatId)) ?? this.createRecordAlone(userId, advisorId, chatId);
+  }
+
+  /**
+   * One statement for many chats: the pairs' allowances, then the records. The
+   * records see the allowances this statement inserted through its RETURNING, and
+   * older ones through the snapshot; an allowance another transaction committed
+   * meanwhile is in neither, so its chat is left to `createRecordAlone`.
+   */
+  private readonly newRecords = batchedReads(async (chatIds) => {
+    let rows: RecordRow[];
+    try {
+      rows = await this.ds.query(
+        `WITH c AS (
+           SELECT c.id, c.user_id, c.advisor_id, c.status, c.ended_at, c.end_reason, a.rate_per_minute, a.free_seconds
+             FROM chats c JOIN advisors a ON a.id = c.advisor_id
+            WHERE c.id = ANY($1::text[])
+         ), added AS (
+           INSERT INTO free_time_allowances (user_id, advisor_id, allocation_seconds)
+           SELECT DISTINCT user_id, advisor_id, free_seconds FROM c
+           ON CONFLICT (user_id, advisor_id) DO NOTHING
+           RETURNING user_id, advisor_id, allocation_seconds
+         ), f AS (
+           SELECT user_id, advisor_id, allocation_seconds FROM added
+           UNION ALL
+           SELECT f.user_id, f.advisor_id, f.allocation_seconds
+             FROM free_time_allowances f JOIN (SELECT DISTINCT user_id, advisor_id FROM c) p USING (user_id, advisor_id)
+         )
+         INSERT INTO conversation_time_records
+           (chat_id, user_id, advisor_id, rate_per_minute, total_free_time_allocation,
+            is_active, ended_at, end_reason, meter_state)
+         SELECT c.id, c.user_id, c.advisor_id, c.rate_per_minute, f.allocation_seconds,
+                c.status <> 'ended', c.ended_at, c.end_reason,
+                CASE c.status WHEN 'pending' THEN 'pending' WHEN 'ended' THEN 'ended' ELSE 'away' END
+           FROM c JOIN f USING (user_id, advisor_id)
+         ORDER BY c.id
+         ON CONFLICT (chat_id) DO NOTHING
+         RETURNING *`,
+        [chatIds],
+      );
+    } catch {
+      // each chat on its own then, so one chat's failure is its own
+      return new Map<string, RecordRow>();
+    }
+    return new Map(rows.map((r) => [r.chat_id, r]));
+  });
+
+  /** Creates one chat's record in two statements; a concurrent creator's row wins. */
+  private async createRecordAlone(userId: string, advisorId: string, chatId: string): Promise<RecordRow> {
     await this.ds.query(
       `INSERT INTO free_time_allowances (user_id, advisor_id, allocation_seconds)
        SELECT $1, a.id, a.free_seconds FROM advisors a WHERE a.id = $2
