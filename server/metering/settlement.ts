@@ -14,6 +14,7 @@ import type { Fence } from '../cluster/cluster.js';
 import { shardOf } from '../cluster/shards.js';
 import { BadRequestError, BusyError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
 import { batchedReads } from '../batched-reads.js';
+import { preparedQuery } from '../db.js';
 import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
   type AllowanceRow,
@@ -260,7 +261,9 @@ export class SettlementService {
    * result is busy (some row held elsewhere, settled next tick) or has no record yet.
    */
   private async readSkippingLocked(em: EntityManager, chatIds: string[]): Promise<{ rows: LockedRows; busy: Set<string> }> {
-    const joined: Array<RecordRow & JoinedColumns> = await em.query(
+    const joined = await preparedQuery<Array<RecordRow & JoinedColumns>>(
+      em,
+      'settle_read',
       `SELECT r.*, c.status AS c_status, c.paused AS c_paused, c.started_at AS c_started_at,
               c.ended_at AS c_ended_at, c.end_reason AS c_end_reason, c.created_at AS c_created_at, u.balance AS u_balance,
               u.low_balance_warned AS u_low_balance_warned, u.ledger_head AS u_ledger_head,
@@ -339,7 +342,10 @@ export class SettlementService {
     // the webhook events of these changes, in their transaction: none lost, none invented
     add('events', events);
     if (!parts.length) return;
-    await em.query(`WITH w AS (SELECT $1::jsonb AS j), ${parts.join(', ')} SELECT 1`, [JSON.stringify(data)]);
+    // one prepared statement per combination of tables written (a steady tick writes the same few)
+    await preparedQuery(em, `settle_write_${Object.keys(data).join('_')}`, `WITH w AS (SELECT $1::jsonb AS j), ${parts.join(', ')} SELECT 1`, [
+      JSON.stringify(data),
+    ]);
   }
 
   /**
