@@ -2,6 +2,7 @@ import FakeTimers from '@sinonjs/fake-timers';
 import { expect } from 'chai';
 import { pino } from 'pino';
 import type { Clock } from '../server/clock.js';
+import { LocalCluster } from '../server/cluster/cluster.js';
 import { LocalPresence } from '../server/metering/presence.js';
 import type { SettleItem, SettleOutcome, SettlementService } from '../server/metering/settlement.js';
 import { Ticker, bucketOf } from '../server/metering/ticker.js';
@@ -274,21 +275,83 @@ describe('ticker: idle chats (fake clock)', () => {
     return { clock, presence, settled, ticker, stop };
   }
 
-  it('with presence shared by nodes, settles an away chat at its deadline or when its user comes back, not on every tick', async () => {
+  it('with presence shared by nodes, settles an away chat at its deadline or when another node wakes it, not on every tick', async () => {
     const { clock, presence, settled, ticker, stop } = idleTicker(true);
     await ticker.start();
     await clock.tickAsync(9_000);
     // settled at the first tick, then only at the 5 s deadline: not nine times each
     expect(settled.filter((s) => s.id === 'a').map((s) => s.at)).to.deep.equal([1000, 6000]);
-    // b's user comes back at 9.5 s: b is settled at the next tick, and every tick while running
-    await presence.join('b', 'tab', clock.now + 500);
-    await clock.tickAsync(3000);
+    // b's user comes back to another node at 9.5 s, which wakes b here: settled at the next tick, and every tick while running
+    await clock.tickAsync(500);
+    await presence.join('b', 'tab', clock.now);
+    ticker.wake(['b']);
+    await clock.tickAsync(2500);
     expect(settled.filter((s) => s.id === 'b').map((s) => s.at)).to.deep.equal([1000, 6000, 10_000, 11_000, 12_000]);
     // a command elsewhere wakes a at once
     ticker.wake(['a']);
     await clock.tickAsync(1000);
     expect(settled.filter((s) => s.id === 'a').map((s) => s.at)).to.deep.equal([1000, 6000, 11_000, 13_000]);
     await stop();
+  });
+
+  it('with presence shared by nodes, looks an away chat up every 5 s, not every tick, so a lost wake delays its meter by 5 s at most', async () => {
+    const { clock, presence, settled, ticker, stop } = idleTicker(true, { wakeAfterMs: 120_000 });
+    const looked: Array<{ at: number; ids: string[] }> = [];
+    const spans = presence.spans.bind(presence);
+    presence.spans = (ids: string[]) => {
+      looked.push({ at: clock.now - 1_000_000, ids: [...ids] });
+      return spans(ids);
+    };
+    await ticker.start();
+    await clock.tickAsync(2_500);
+    // b's user is back on another node whose wake never arrives
+    await presence.join('b', 'tab', clock.now);
+    await clock.tickAsync(6_000);
+    // the settlement at 1 s read both; then one lookup 5 s later finds b back, and b runs from that tick on
+    expect(looked.map((l) => l.at)).to.deep.equal([1000, 6000, 6000, 7000, 8000]);
+    expect(looked[1]!.ids).to.deep.equal(['a', 'b']);
+    expect(settled.filter((s) => s.id === 'b').map((s) => `${s.at} ${s.state}`)).to.deep.equal(['1000 away', '6000 running', '7000 running', '8000 running']);
+    expect(settled.filter((s) => s.id === 'a').map((s) => s.at)).to.deep.equal([1000]);
+    await stop();
+  });
+
+  it('wakes the node that settles a chat when its user comes back here, and only then', async () => {
+    const clock = FakeTimers.createClock(1_000_000);
+    const asClock: Clock = { now: () => clock.now, setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (h) => clock.clearTimeout(h as never) };
+    const presence = new LocalPresence({ heartbeatIntervalMs: 10_000, heartbeatGraceMs: 5000 });
+    const woken: string[][] = [];
+    const make = (sharedPresence: boolean, owns: boolean) => {
+      // another node holds every lease (or this one does)
+      const cluster = Object.assign(new LocalCluster('here'), { claim: (ids: string[]) => ({ chatIds: owns ? ids : [], fence: null }) });
+      return new Ticker({
+        sharedPresence,
+        cluster,
+        clock: asClock,
+        engine: awayEngine(clock).engine,
+        presence,
+        log: pino({ level: 'silent' }),
+        metrics: { observeSlot: () => {}, settlementError: () => {}, activeChatsCount: () => {} },
+        publish: () => {},
+        onTracked: (ids) => woken.push(ids),
+        loadActiveChatIds: async () => ['a', 'b'],
+        tickMs: 1000,
+        buckets: 1,
+      });
+    };
+    await presence.join('b', 'tab', clock.now);
+    for (const [shared, owns, expected] of [[true, false, [['b']]], [true, true, []], [false, false, []]] as const) {
+      woken.length = 0;
+      const ticker = make(shared, owns);
+      await ticker.start();
+      // b's user is here (running), a's is not (away): only b's settler is told
+      const soon = Promise.all([ticker.settleSoon('a'), ticker.settleSoon('b')]);
+      await clock.tickAsync(1);
+      await soon;
+      expect(woken, `shared ${shared}, owned here ${owns}`).to.deep.equal(expected);
+      const stopping = ticker.stop();
+      await clock.tickAsync(1000);
+      await stopping;
+    }
   });
 
   it('with presence on this node alone, looks nothing up for an away chat: a return settles it at once', async () => {

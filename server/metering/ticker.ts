@@ -58,16 +58,19 @@ export interface TickerDeps {
    */
   localOnly?: () => boolean;
   /**
-   * Called with chats that started (or woke up) here: newly tracked, or changed by a
-   * command or a balance refresh, so the node that settles them wakes them too.
+   * Called with chats that started (or woke up) here: newly tracked, changed by a
+   * command or a balance refresh, or running again because their user came back to a
+   * socket of this node while another node settles them, so that node wakes them too.
    */
   onTracked?: (chatIds: string[]) => void;
   /** How often to reload the active chats (chats started on another node while the news was lost). */
   rescanMs?: number;
   /**
-   * True when a user can come back to an away chat on another node (shared presence): the
-   * ticks then look up whether each away chat's user is back. Without it a return is seen
-   * here (its join or heartbeat settles the chat at once), and an away chat costs nothing a tick.
+   * True when a user can come back to an away chat on another node (shared presence). That
+   * node wakes the chat here (`onTracked` there, `wake` here); in case its message is lost,
+   * the ticks also look up whether an away chat's user is back, every `AWAY_LOOKUP_MS`.
+   * Without it a return is seen here (its join or heartbeat settles the chat at once), and
+   * an away chat costs nothing a tick.
    */
   sharedPresence?: boolean;
 }
@@ -102,7 +105,7 @@ export class Ticker {
    * their abandonment deadline, when presence returns (away), when woken by a command,
    * or every IDLE_RESETTLE_MS as a safety net.
    */
-  private readonly idle = new Map<string, { state: 'away' | 'paused'; wakeAt: number; settledAt: number }>();
+  private readonly idle = new Map<string, { state: 'away' | 'paused'; wakeAt: number; settledAt: number; lookedAt: number }>();
   /** The `now` of each tracked chat's latest absorbed settlement: an older one arriving later is stale. */
   private readonly absorbedAt = new Map<string, number>();
   private rescanTimer: unknown = null;
@@ -358,6 +361,7 @@ export class Ticker {
     this.soonFlush = (async () => {
       // the tick's one-statement read first; the few chats whose rows are held elsewhere wait for them
       const { outcomes, failures } = await this.settleMany([...batch.keys()], null, { waitForBusy: true });
+      this.wakeSettlers([...outcomes.values()]);
       for (const [id, waiters] of batch) {
         const err = failures.get(id);
         for (const w of waiters) if (err === undefined) w.resolve(outcomes.get(id));
@@ -369,6 +373,19 @@ export class Ticker {
       if (this.soon.size && !this.stopped) this.soonTimer = this.d.clock.setTimeout(() => void this.flushSoon(), 0);
     });
     return this.soonFlush;
+  }
+
+  /**
+   * Chats a presence change here set running while another node settles them on the clock:
+   * that node may hold them idle (away) and is told to wake them at once.
+   */
+  private wakeSettlers(outcomes: SettleOutcome[]): void {
+    if (!this.d.sharedPresence || !this.d.onTracked) return;
+    const running = outcomes.filter((o) => o.ok && o.meter.state === 'running').map((o) => o.chatId);
+    if (!running.length) return;
+    const own = new Set(this.cluster.claim(running).chatIds);
+    const elsewhere = running.filter((id) => !own.has(id));
+    if (elsewhere.length) this.d.onTracked(elsewhere);
   }
 
   /** Settles every chat this node settles on its schedule once (at shutdown), carrying on past a failed batch. */
@@ -406,7 +423,7 @@ export class Ticker {
         tracked.add(o.chatId);
       }
       if (!stale && (o.meter.state === 'away' || o.meter.state === 'paused') && o.wakeAt !== null) {
-        this.idle.set(o.chatId, { state: o.meter.state, wakeAt: o.wakeAt, settledAt: now });
+        this.idle.set(o.chatId, { state: o.meter.state, wakeAt: o.wakeAt, settledAt: now, lookedAt: now });
       } else this.idle.delete(o.chatId);
     }
     if (busy) this.d.metrics.busy?.(busy);
@@ -498,7 +515,8 @@ export class Ticker {
   /**
    * Of these chats, those a tick must settle: all but the idle ones (away or paused)
    * whose deadline has not come, whose safety resettle is not due, and (away, with
-   * shared presence) whose user is still absent: a presence lookup replaces a settlement.
+   * shared presence) whose user is still absent: a presence lookup every `AWAY_LOOKUP_MS`
+   * replaces a settlement every tick.
    */
   private async notIdle(ids: string[], now: number): Promise<string[]> {
     const due: string[] = [];
@@ -506,7 +524,10 @@ export class Ticker {
     for (const id of ids) {
       const i = this.idle.get(id);
       if (!i || now >= i.wakeAt || now - i.settledAt >= IDLE_RESETTLE_MS) due.push(id);
-      else if (i.state === 'away' && this.d.sharedPresence) away.push(id);
+      else if (i.state === 'away' && this.d.sharedPresence && now - i.lookedAt >= AWAY_LOOKUP_MS) {
+        i.lookedAt = now;
+        away.push(id);
+      }
     }
     if (away.length) {
       const spans = await this.d.presence.spans(away, now);
@@ -582,6 +603,14 @@ interface QueuedCommand {
 
 /** However idle a chat, the schedule settles it at least this often (balances moved by other chats, other nodes). */
 const IDLE_RESETTLE_MS = 30_000;
+
+/**
+ * With shared presence, how often an away chat's presence is looked up on the schedule: a
+ * return on another node wakes the chat by message, so this only bounds how late a meter
+ * resumes here when that message is lost (the seconds are billed from the presence span
+ * whenever it is settled).
+ */
+const AWAY_LOOKUP_MS = 5_000;
 
 /** A cluster of one that holds every chat from the start. */
 function alone(): Cluster {
