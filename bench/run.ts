@@ -88,6 +88,7 @@ async function main(): Promise<void> {
   let settled = 0;
   let batchQueries = 0;
   timing = true;
+  const cpu0 = process.cpuUsage();
   for (let tick = 1; tick <= TICKS; tick++) {
     const now = t0 + tick * 1000;
     const tickStart = performance.now();
@@ -105,6 +106,7 @@ async function main(): Promise<void> {
     }
     tickMs.push(performance.now() - tickStart);
   }
+  const cpu = process.cpuUsage(cpu0);
   const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
   const [{ billed }] = await ds.query(`SELECT sum(duration)::int AS billed FROM conversation_time_records`);
   console.log(
@@ -119,6 +121,8 @@ async function main(): Promise<void> {
         roundTripsPerBatch: batchQueries + 2,
         batchMs: { p50: +pct(batchMs, 50).toFixed(1), p95: +pct(batchMs, 95).toFixed(1), max: +Math.max(...batchMs).toFixed(1) },
         tickMs: { p50: +pct(tickMs, 50).toFixed(1), max: +Math.max(...tickMs).toFixed(1) },
+        // this process's CPU (user + system) per batch: the pg client and the settlement's JS, not Postgres's
+        nodeCpuMsPerBatch: +((cpu.user + cpu.system) / 1000 / batchMs.length).toFixed(2),
         statementMsPerBatch: Object.fromEntries(
           [...statementMs].map(([sql, xs]) => [sql, +(xs.reduce((a, b) => a + b, 0) / batchMs.length).toFixed(2)]),
         ),
