@@ -18,8 +18,8 @@
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { Server, type Socket } from 'socket.io';
-import type { ChatView, MeterSnapshot, ServerToClientEvents } from '../../client-sdk/src/protocol.js';
-import type { BareChat, BaselineSetup, FromBaseline, LoadClientEvents, ToBaseline } from './messages.js';
+import type { ChatView, ClientToServerEvents, MeterSnapshot, ServerToClientEvents } from '../../client-sdk/src/protocol.js';
+import type { BareChat, BaselineSetup, FromBaseline, ToBaseline } from './messages.js';
 
 const BUCKETS = 10;
 
@@ -83,7 +83,7 @@ function serve(setup: BaselineSetup): Promise<number> {
   });
 
   const http = createServer();
-  const io = new Server<LoadClientEvents, ServerToClientEvents, Record<string, never>, BareSocketData>(http);
+  const io = new Server<ClientToServerEvents, ServerToClientEvents, Record<string, never>, BareSocketData>(http);
   io.use((socket, next) => {
     const claims = claimsOf((socket.handshake.auth as { token?: unknown } | undefined)?.token);
     if (!claims) return next(new Error('unauthorized'));
@@ -93,7 +93,7 @@ function serve(setup: BaselineSetup): Promise<number> {
     next();
   });
   const notFound = { ok: false as const, error: { code: 'not_found' as const, message: 'no such chat' } };
-  io.on('connection', (socket: Socket<LoadClientEvents, ServerToClientEvents, Record<string, never>, BareSocketData>) => {
+  io.on('connection', (socket: Socket<ClientToServerEvents, ServerToClientEvents, Record<string, never>, BareSocketData>) => {
     const { sub, role } = socket.data;
     void socket.join(role === 'user' ? `user:${sub}` : `advisor:${sub}`);
     socket.on('chat:join', (p, ack) => {

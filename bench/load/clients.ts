@@ -10,11 +10,11 @@
  */
 import { performance } from 'node:perf_hooks';
 import { type Socket, io as connectClient } from 'socket.io-client';
-import type { MeterSnapshot, ServerToClientEvents } from '../../client-sdk/src/protocol.js';
-import type { FromWorker, LoadClientEvents, ReconnectResult, SocketSpec, StormResult, ToWorker, WindowResult, WorkerSetup } from './messages.js';
+import type { ClientToServerEvents, MeterSnapshot, ServerToClientEvents } from '../../client-sdk/src/protocol.js';
+import type { FromWorker, ReconnectResult, SocketSpec, StormResult, ToWorker, WindowResult, WorkerSetup } from './messages.js';
 import { countError } from './stats.js';
 
-type ClientSocket = Socket<ServerToClientEvents, LoadClientEvents>;
+type ClientSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
 
 /** The meters of one chat as one socket sees them. */
 interface Stream {
@@ -133,15 +133,13 @@ async function main(): Promise<void> {
     c.timers = [];
   };
 
-  let dashboardListUnsupported = 0;
   /** Joins after a connect: the tab's chat, or the dashboard's list; resolves with the ack's latency. */
   const join = async (c: Conn): Promise<number> => {
     const s = c.s!;
     const started = performance.now();
     if (c.spec.role === 'advisor') {
       const ack = await s.timeout(setup.ackTimeoutMs).emitWithAck('advisor:chats', {});
-      if (!ack.ok && ack.error.code === 'bad_request') dashboardListUnsupported++;
-      else if (!ack.ok) throw new Error(`advisor:chats ${ack.error.code}: ${ack.error.message}`);
+      if (!ack.ok) throw new Error(`advisor:chats ${ack.error.code}: ${ack.error.message}`);
       return performance.now() - started;
     }
     const chatId = c.spec.chatId!;
@@ -176,7 +174,6 @@ async function main(): Promise<void> {
       connectMs: [],
       joinMs: [],
       dashboardMs: [],
-      dashboardListUnsupported: 0,
       errors: {},
     };
     const open = (c: Conn) =>
@@ -244,7 +241,6 @@ async function main(): Promise<void> {
       setTimeout(pump, Math.max(0, startAt + setup.offsetMs - Date.now()));
     });
     await Promise.all(pending);
-    r.dashboardListUnsupported = dashboardListUnsupported;
     return r;
   };
 

@@ -4,17 +4,7 @@
  * (`baseline-server.ts`). Sent over the fork IPC channel with `advanced`
  * serialization, so arrays of samples travel as they are.
  */
-import type { Ack, ChatView, ClientToServerEvents, MeterSnapshot } from '../../client-sdk/src/protocol.js';
-
-/**
- * The client events the load run sends: the protocol's, plus SPEC 2's `advisor:chats`
- * (a dashboard's first call), which protocol.ts does not carry yet. A server that
- * answers it `bad_request` (unknown event) still pushes the advisor's meters to the
- * dashboard's room, so the dashboard counts as joined.
- */
-export type LoadClientEvents = ClientToServerEvents & {
-  'advisor:chats': (p: Record<string, never>, ack?: (a: Ack<{ chats: Array<{ chat: ChatView; meter: MeterSnapshot | null }> }>) => void) => void;
-};
+import type { ChatView, MeterSnapshot } from '../../client-sdk/src/protocol.js';
 
 /** One socket a client worker opens: a user's tab of one chat, or an advisor's dashboard. */
 export interface SocketSpec {
@@ -68,8 +58,6 @@ export interface StormResult {
   joinMs: number[];
   /** `advisor:chats` ack of dashboards. */
   dashboardMs: number[];
-  /** Dashboards whose `advisor:chats` the server answered `bad_request` (not implemented). */
-  dashboardListUnsupported: number;
   errors: Record<string, number>;
 }
 

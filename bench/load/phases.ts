@@ -68,7 +68,6 @@ export interface PhaseResult {
     connectMs: Dist;
     joinMs: Dist;
     dashboardMs: Dist;
-    dashboardListUnsupported: number;
     errors: Record<string, number>;
     cpu: CpuSpan;
     /** The server's CPU per socket connected and joined (µs), database included. */
@@ -434,7 +433,6 @@ function mergeStorms(storms: StormResult[], nodes: number) {
     connectMs: dist(concat(storms.map((s) => s.connectMs))),
     joinMs: dist(concat(storms.map((s) => s.joinMs))),
     dashboardMs: dist(concat(storms.map((s) => s.dashboardMs))),
-    dashboardListUnsupported: sum(storms.map((s) => s.dashboardListUnsupported)),
     errors: storms.reduce((a, s) => mergeCounts(a, s.errors), {} as Record<string, number>),
   };
 }

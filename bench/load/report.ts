@@ -247,7 +247,6 @@ export function notesOf(r: Omit<LoadResult, 'notes'>): string[] {
     if (Object.keys(p.reconnect.errors).length) notes.push(`${name}: reconnect errors ${JSON.stringify(p.reconnect.errors)}`);
     if (p.steady.unexpectedDisconnects) notes.push(`${name}: ${p.steady.unexpectedDisconnects} sockets disconnected unasked`);
     if (p.steady.heartbeats.errors) notes.push(`${name}: ${p.steady.heartbeats.errors} heartbeats failed`);
-    if (p.storm.dashboardListUnsupported) notes.push(`${name}: advisor:chats answered bad_request (not implemented): dashboards only listen to their room`);
     if (p.steady.notRunning) notes.push(`${name}: ${p.steady.notRunning} meters in the window were not running`);
   }
   for (const [name, run] of [['chatmeter', r.chatmeter], ['two nodes', r.twoNodes]] as const) {
