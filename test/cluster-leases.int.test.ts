@@ -8,7 +8,8 @@ import { createDataSource } from '../server/db.js';
 import { LeaseLostError } from '../server/errors.js';
 import { CHATS, clusterContract } from './support/cluster-contract.js';
 import { freshDatabase, type TestDb } from './support/db.js';
-import { T0, present, services } from './support/fixtures.js';
+import { SettlementService } from '../server/metering/settlement.js';
+import { T0, present, services, testPolicy } from './support/fixtures.js';
 
 const quiet = pino({ level: 'silent' });
 const noMetrics = { leasesAcquired: () => {}, leasesLost: () => {}, reconcileFailed: () => {} };
@@ -33,11 +34,11 @@ describe('settlement leases in Postgres', function () {
   };
 
   /** A member on a connection pool of its own, so a crash can take its pool down with it. */
-  const member = async (nodeId: string, leaseMs = 600): Promise<{ cluster: PostgresCluster; ds: DataSource }> => {
+  const member = async (nodeId: string, leaseMs = 600, leaseClock?: () => number): Promise<{ cluster: PostgresCluster; ds: DataSource }> => {
     const ds = await createDataSource({ databaseUrl: db.url, dataDir: '' });
     await ds.initialize();
     extra.push(ds);
-    return { cluster: new PostgresCluster(ds, { nodeId, leaseMs, log: quiet, metrics: noMetrics }), ds };
+    return { cluster: new PostgresCluster(ds, { nodeId, leaseMs, log: quiet, metrics: noMetrics, leaseClock }), ds };
   };
 
   describe('contract', () => {
@@ -46,18 +47,55 @@ describe('settlement leases in Postgres', function () {
       if (db.embedded) this.skip();
     });
     beforeEach(clean);
-    clusterContract('PostgresCluster', async () => ({
-      shared: true,
-      member: async (id) => {
-        const m = await member(id);
-        pools.set(m.cluster, m.ds);
-        return m.cluster;
-      },
-      crash: async (m) => {
-        // its pool dies: it can neither renew nor hand over, and its leases lapse
-        await pools.get(m)!.destroy();
-      },
-    }));
+    for (const [name, leaseClock] of [
+      ['PostgresCluster', undefined],
+      // the simulation's lease clock (test/simulation.int.test.ts), here on the real time
+      ['PostgresCluster on an injected lease clock', () => Date.now()],
+    ] as const) {
+      clusterContract(name, async () => ({
+        shared: true,
+        member: async (id) => {
+          const m = await member(id, 600, leaseClock);
+          pools.set(m.cluster, m.ds);
+          return m.cluster;
+        },
+        crash: async (m) => {
+          // its pool dies: it can neither renew nor hand over, and its leases lapse
+          await pools.get(m)!.destroy();
+        },
+      }));
+    }
+  });
+
+  describe('an injected lease clock', () => {
+    beforeEach(async function () {
+      if (db.embedded) this.skip();
+      await clean();
+      await db.reset();
+    });
+
+    it('measures leases and the fence with that clock, not the database\'s', async () => {
+      const { accounts } = services(db.ds);
+      let leaseNow = Date.parse('2030-01-01T00:00:00Z');
+      const engine = new SettlementService(db.ds, testPolicy, null, () => leaseNow);
+      await accounts.putUser('u1', { balance: '100' });
+      await accounts.putAdvisor('a1', { ratePerMinute: '6', freeSeconds: 0 });
+      await accounts.createChat({ id: 'c1', userId: 'u1', advisorId: 'a1' });
+      await engine.initializeTimeTrackingForChat('u1', 'a1', 'c1');
+      const a = await member('n-a', 600, () => leaseNow);
+      await a.cluster.start();
+      (a.cluster as unknown as { member: boolean }).member = false; // renews no more
+      const { fence } = a.cluster.claim(['c1']);
+      const [row] = await db.ds.query(`SELECT (extract(epoch FROM expires_at) * 1000)::float8 AS ms FROM settlement_shards WHERE shard = $1`, [shardOf('c1')]);
+      expect(Number(row.ms), 'the lease runs from the injected now').to.equal(leaseNow + 600);
+      // real time passes the lease: the injected clock says it still holds
+      await new Promise((r) => setTimeout(r, 700));
+      const [held] = await engine.settleBatch([{ chatId: 'c1', presence: null }], T0, { fence });
+      expect(held!.ok, 'the lease holds on the injected clock').to.equal(true);
+      leaseNow += 600;
+      const [out] = await engine.settleBatch([{ chatId: 'c1', presence: null }], T0, { fence });
+      expect(!out!.ok && out!.error).to.be.instanceOf(LeaseLostError);
+    });
   });
 
   describe('the fence', () => {

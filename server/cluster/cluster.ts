@@ -19,6 +19,23 @@ export interface Fence {
   epochs: ReadonlyMap<number, string>;
 }
 
+/**
+ * The clock leases are measured with, in epoch ms. In production there is none: the
+ * database's `clock_timestamp()` is the one clock every node agrees on. A test that
+ * runs several nodes on a fake clock injects one, so a run replays exactly.
+ */
+export type LeaseClock = () => number;
+
+/**
+ * The lease clock's now as SQL: `clock_timestamp()` without an injected clock; with
+ * one, its instant as the next parameter (pushed onto `params`).
+ */
+export function leaseNow(clock: LeaseClock | undefined, params: unknown[]): string {
+  if (!clock) return 'clock_timestamp()';
+  params.push(new Date(clock()).toISOString());
+  return `$${params.length}::timestamptz`;
+}
+
 /** What the cluster reports to /metrics and /readyz. */
 export interface ClusterStatus {
   /** Shards this node holds a lease on. */

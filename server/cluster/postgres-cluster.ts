@@ -14,7 +14,8 @@
 import type { DataSource } from 'typeorm';
 import { updateReturning } from '../db.js';
 import type { Logger } from '../log.js';
-import type { Cluster, ClusterStatus, Fence } from './cluster.js';
+import type { Clock } from '../clock.js';
+import { type Cluster, type ClusterStatus, type Fence, type LeaseClock, leaseNow } from './cluster.js';
 import { SHARDS, ownerOf, shardOf } from './shards.js';
 
 /** What the cluster reports to metrics. */
@@ -33,6 +34,13 @@ export interface PostgresClusterOptions {
   metrics: ClusterMetrics;
   /** A monotonic clock in ms (default `performance.now`), for tests. */
   monotonic?: () => number;
+  /**
+   * For tests only: leases measured with this clock instead of the database's
+   * `clock_timestamp()` (the settlement fence must be given the same one).
+   */
+  leaseClock?: LeaseClock;
+  /** For tests only: the timers renewals are scheduled on (default the process's). */
+  timers?: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
 }
 
 /** Membership and leases shared by every node on one database. */
@@ -44,7 +52,7 @@ export class PostgresCluster implements Cluster {
   private readonly rejoins: Array<() => void> = [];
   private joined = false;
   private nodes: string[] = [];
-  private timer: NodeJS.Timeout | null = null;
+  private timer: unknown = null;
   private running: Promise<void> | null = null;
   private again = false;
   private member = false;
@@ -90,12 +98,12 @@ export class PostgresCluster implements Cluster {
 
   async leave(): Promise<void> {
     this.member = false;
-    if (this.timer) clearTimeout(this.timer);
+    if (this.timer !== null) this.clearTimer(this.timer);
     this.timer = null;
     await this.running;
     this.held.clear();
     // expired now, not in a lease's time: the nodes that should have these shards take them at their next look
-    await this.ds.query(`UPDATE settlement_shards SET owner = NULL, expires_at = clock_timestamp() WHERE owner = $1`, [this.nodeId]);
+    await this.handOver();
     await this.ds.query(`DELETE FROM cluster_nodes WHERE node_id = $1`, [this.nodeId]);
     this.opts.log.info({}, 'left the cluster; leases handed over');
   }
@@ -119,11 +127,35 @@ export class PostgresCluster implements Cluster {
 
   private schedule(): void {
     if (!this.member) return;
-    this.timer = setTimeout(() => {
+    const renew = () => {
       this.timer = null;
       void this.reconcile().finally(() => this.schedule());
-    }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
-    this.timer.unref();
+    };
+    const ms = Math.max(50, Math.floor(this.opts.leaseMs / 3));
+    if (this.opts.timers) this.timer = this.opts.timers.setTimeout(renew, ms);
+    else this.timer = setTimeout(renew, ms).unref();
+  }
+
+  private clearTimer(handle: unknown): void {
+    if (this.opts.timers) this.opts.timers.clearTimeout(handle);
+    else clearTimeout(handle as NodeJS.Timeout);
+  }
+
+  /** `sql` with every `NOW` replaced by the lease clock's now (the database's, unless a test injected one). */
+  private leaseSql(sql: string, params: unknown[]): [string, unknown[]] {
+    const all = [...params];
+    const now = sql.includes('NOW') ? leaseNow(this.opts.leaseClock, all) : '';
+    return [sql.replaceAll('NOW', now), all];
+  }
+
+  /** These leases of this node (default all) expire now, unowned: whoever should have them takes them at its next look. */
+  private async handOver(shards?: number[]): Promise<void> {
+    await this.ds.query(
+      ...this.leaseSql(
+        `UPDATE settlement_shards SET owner = NULL, expires_at = NOW WHERE owner = $1${shards ? ' AND shard = ANY($2::int[])' : ''}`,
+        shards ? [this.nodeId, shards] : [this.nodeId],
+      ),
+    );
   }
 
   /** One look at the cluster; concurrent calls run it once more after the current one. */
@@ -153,10 +185,12 @@ export class PostgresCluster implements Cluster {
     if (!this.member) return;
     const { nodeId } = this;
     const [{ inserted }]: Array<{ inserted: boolean }> = await this.ds.query(
-      `INSERT INTO cluster_nodes (node_id) VALUES ($1)
-       ON CONFLICT (node_id) DO UPDATE SET seen_at = clock_timestamp()
+      ...this.leaseSql(
+        `INSERT INTO cluster_nodes (node_id, started_at, seen_at) VALUES ($1, NOW, NOW)
+       ON CONFLICT (node_id) DO UPDATE SET seen_at = NOW
        RETURNING (xmax = 0) AS inserted`,
-      [nodeId],
+        [nodeId],
+      ),
     );
     if (inserted && this.joined) {
       // another node took this one for dead (it stalled) and ended its sockets' presence: say so, to put it back
@@ -175,8 +209,7 @@ export class PostgresCluster implements Cluster {
     this.lastRenewal = now;
     this.joined = true;
     const live: Array<{ node_id: string }> = await this.ds.query(
-      `SELECT node_id FROM cluster_nodes WHERE seen_at > clock_timestamp() - $1::interval ORDER BY node_id`,
-      [this.interval],
+      ...this.leaseSql(`SELECT node_id FROM cluster_nodes WHERE seen_at > NOW - $1::interval ORDER BY node_id`, [this.interval]),
     );
     // a node unseen for three leases died without leaving (or stalled as long): whoever deletes its
     // row (one node) tells the app, which ends that node's presence. Its leases went after one lease;
@@ -186,9 +219,11 @@ export class PostgresCluster implements Cluster {
         ? []
         : await updateReturning(
             this.ds,
-            `DELETE FROM cluster_nodes WHERE seen_at <= clock_timestamp() - 3 * $1::interval
+            ...this.leaseSql(
+              `DELETE FROM cluster_nodes WHERE seen_at <= NOW - 3 * $1::interval
           RETURNING node_id, (extract(epoch FROM seen_at) * 1000)::float8 AS seen_ms`,
-            [this.interval],
+              [this.interval],
+            ),
           );
     for (const g of gone) {
       this.opts.log.warn({ departedNode: g.node_id, lastSeen: new Date(Number(g.seen_ms)).toISOString() }, 'a node died without leaving');
@@ -205,11 +240,14 @@ export class PostgresCluster implements Cluster {
 
     // renew what stays; a lease that expired meanwhile is not renewed but taken again below, with a new epoch
     const renewed: Array<{ shard: number; epoch: string }> = keep.length
-      ? await updateReturning(this.ds, 
-          `UPDATE settlement_shards SET expires_at = clock_timestamp() + $3::interval
-            WHERE owner = $1 AND shard = ANY($2::int[]) AND expires_at > clock_timestamp()
+      ? await updateReturning(
+          this.ds,
+          ...this.leaseSql(
+            `UPDATE settlement_shards SET expires_at = NOW + $3::interval
+            WHERE owner = $1 AND shard = ANY($2::int[]) AND expires_at > NOW
         RETURNING shard, epoch`,
-          [nodeId, keep, this.interval],
+            [nodeId, keep, this.interval],
+          ),
         )
       : [];
     const stillHeld = new Set(renewed.map((r) => r.shard));
@@ -221,33 +259,31 @@ export class PostgresCluster implements Cluster {
     }
     if (release.length) {
       for (const s of release) this.held.delete(s);
-      await this.ds.query(
-        `UPDATE settlement_shards SET owner = NULL, expires_at = clock_timestamp() WHERE owner = $1 AND shard = ANY($2::int[])`,
-        [nodeId, release],
-      );
+      await this.handOver(release);
       this.opts.log.info({ shards: release.length, nodes: nodes.length }, 'settlement leases handed over');
     }
 
     const want = mine.filter((s) => !this.held.has(s));
     // FOR UPDATE first: a takeover waits for the settlements in flight under the old lease (their
     // fence holds the rows FOR KEY SHARE), and the epoch it bumps refuses the later ones
-    const acquired: Array<{ shard: number; epoch: string }> = await updateReturning(this.ds, 
-      `UPDATE settlement_shards s SET owner = $1, epoch = s.epoch + 1, expires_at = clock_timestamp() + $3::interval
+    const acquired: Array<{ shard: number; epoch: string }> = await updateReturning(
+      this.ds,
+      ...this.leaseSql(
+        `UPDATE settlement_shards s SET owner = $1, epoch = s.epoch + 1, expires_at = NOW + $3::interval
         WHERE s.shard IN (
           SELECT shard FROM settlement_shards
-           WHERE (shard = ANY($2::int[]) AND (owner IS NULL OR expires_at <= clock_timestamp()))
-              OR expires_at <= clock_timestamp() - $3::interval
+           WHERE (shard = ANY($2::int[]) AND (owner IS NULL OR expires_at <= NOW))
+              OR expires_at <= NOW - $3::interval
            ORDER BY shard FOR UPDATE)
-          AND ((s.shard = ANY($2::int[]) AND (s.owner IS NULL OR s.expires_at <= clock_timestamp()))
-              OR s.expires_at <= clock_timestamp() - $3::interval)
+          AND ((s.shard = ANY($2::int[]) AND (s.owner IS NULL OR s.expires_at <= NOW))
+              OR s.expires_at <= NOW - $3::interval)
     RETURNING s.shard, s.epoch`,
-      [nodeId, want, this.interval],
+        [nodeId, want, this.interval],
+      ),
     );
     if (!this.member) {
       // left while this ran: give back at once what was just taken
-      if (acquired.length) {
-        await this.ds.query(`UPDATE settlement_shards SET owner = NULL, expires_at = clock_timestamp() WHERE owner = $1`, [nodeId]);
-      }
+      if (acquired.length) await this.handOver();
       return;
     }
     if (acquired.length) {

@@ -10,7 +10,7 @@
  */
 import type { DataSource, EntityManager } from 'typeorm';
 import { ErrorCode, type MeterSnapshot } from '../../client-sdk/src/protocol.js';
-import type { Fence } from '../cluster/cluster.js';
+import { type Fence, type LeaseClock, leaseNow } from '../cluster/cluster.js';
 import { shardOf } from '../cluster/shards.js';
 import { BadRequestError, BusyError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
 import { batchedReads } from '../batched-reads.js';
@@ -70,11 +70,14 @@ export class SettlementService {
   /**
    * @param outbox with webhooks on: every settlement and top-up records its events in its
    *   own transaction (SPEC 8); null records none.
+   * @param leaseClock for tests only: the fence checks leases on this clock, the one the
+   *   cluster was given, instead of the database's `clock_timestamp()`.
    */
   constructor(
     private readonly ds: DataSource,
     private readonly policy: Policy,
     private readonly outbox: Outbox | null = null,
+    private readonly leaseClock?: LeaseClock,
   ) {}
 
   /**
@@ -356,13 +359,15 @@ export class SettlementService {
    */
   private async checkFence(em: EntityManager, items: SettleItem[], fence: Fence): Promise<SettleOutcome[]> {
     const shards = [...new Set(items.map((i) => shardOf(i.chatId)))].filter((s) => fence.epochs.has(s)).sort((a, b) => a - b);
+    const params: unknown[] = [fence.owner, shards, shards.map((s) => fence.epochs.get(s))];
+    const now = leaseNow(this.leaseClock, params);
     const rows: Array<{ shard: number }> = shards.length
       ? await em.query(
           `SELECT shard FROM settlement_shards
-            WHERE owner = $1 AND expires_at > clock_timestamp()
+            WHERE owner = $1 AND expires_at > ${now}
               AND (shard, epoch) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
             ORDER BY shard FOR KEY SHARE`,
-          [fence.owner, shards, shards.map((s) => fence.epochs.get(s))],
+          params,
         )
       : [];
     const held = new Set(rows.map((r) => r.shard));
