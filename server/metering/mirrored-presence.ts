@@ -9,8 +9,7 @@
  * before the shared store is trusted again.
  */
 import type { Logger } from '../log.js';
-import type { LocalPresence, PresenceStore } from './presence.js';
-import type { RedisPresence } from './redis-presence.js';
+import type { LocalPresence, PresenceStore, SharedPresence } from './presence.js';
 import type { PresenceSpan } from './rules.js';
 
 /** Local presence mirrored into Redis, falling back to the local copy while Redis is away. */
@@ -20,7 +19,7 @@ export class MirroredPresence implements PresenceStore {
 
   constructor(
     private readonly local: LocalPresence,
-    private readonly shared: RedisPresence,
+    private readonly shared: SharedPresence,
     /** True while the Redis client is connected. */
     private readonly redisReady: () => boolean,
     private readonly log: Logger,
@@ -117,8 +116,8 @@ export class MirroredPresence implements PresenceStore {
     return (await this.spans([chatId], now)).get(chatId) ?? null;
   }
 
-  async spans(chatIds: string[], _now: number): Promise<Map<string, PresenceSpan | null>> {
-    return (await this.tryShared(() => this.shared.spans(chatIds))) ?? this.local.spans(chatIds);
+  async spans(chatIds: string[], now: number): Promise<Map<string, PresenceSpan | null>> {
+    return (await this.tryShared(() => this.shared.spans(chatIds, now))) ?? this.local.spans(chatIds);
   }
 
   forget(chatId: string): void {

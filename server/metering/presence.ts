@@ -29,6 +29,18 @@ export interface PresenceStore {
   release(chatId: string, asOf: number): Promise<void>;
 }
 
+/**
+ * Presence every node shares (Redis in production): it also knows each node's sockets,
+ * so a node can end those of another that died.
+ */
+export interface SharedPresence extends PresenceStore {
+  /**
+   * Another node died at `at` without leaving: its sockets stop counting then. Returns
+   * the chats whose presence that ended.
+   */
+  releaseNode(nodeId: string, at: number): Promise<string[]>;
+}
+
 /** How long a heartbeat keeps a socket present: interval plus grace. */
 export interface PresenceTiming {
   heartbeatIntervalMs: number;

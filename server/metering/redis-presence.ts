@@ -6,7 +6,7 @@
  * Every change is one Lua script, so concurrent nodes never interleave inside it.
  */
 import type { RedisClientType } from 'redis';
-import type { PresenceStore, PresenceTiming } from './presence.js';
+import type { PresenceTiming, SharedPresence } from './presence.js';
 import type { PresenceSpan } from './rules.js';
 
 // until = max(closed, every socket's heartbeat + ttl); -1e300 stands for "never"
@@ -91,7 +91,7 @@ end
 return redis.call('DEL', KEYS[1])
 `;
 
-export class RedisPresence implements PresenceStore {
+export class RedisPresence implements SharedPresence {
   private readonly ttl: number;
 
   /**
