@@ -62,6 +62,31 @@ describe('shared presence (real Redis)', function () {
       expect(nodeA.degraded).to.equal(false);
     });
 
+    it('tells Redis when it returns of the sockets that left while it was down, at the instant they left', async () => {
+      // found by the simulation (docs/RELIABILITY.md): the leave never reached Redis, whose stale socket
+      // kept the user present until its heartbeat lapsed, and the chat was billed for seconds after the user left
+      let up = true;
+      const key = prefix();
+      const nodeA = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
+      const nodeB = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
+      await nodeA.resync(() => 0);
+      await nodeB.resync(() => 0);
+      await nodeA.join('c', 's1', 1000);
+      up = false;
+      nodeA.lost();
+      nodeB.lost();
+      expect(await nodeA.leave('c', 's1', 2000)).to.equal(true);
+      // and a socket that left and came back meanwhile is present again from its return
+      await nodeA.join('d', 's2', 1000);
+      await nodeA.leave('d', 's2', 1500);
+      await nodeA.join('d', 's2', 2500);
+      up = true;
+      await nodeA.resync(() => 3000);
+      await nodeB.resync(() => 3000);
+      expect((await nodeB.span('c', 3000))!.until, 'the user left at 2 s').to.equal(2000);
+      expect(await nodeB.span('d', 3000)).to.deep.include({ since: 2500, until: 17_500 });
+    });
+
     it('ends this node\'s presence in Redis when it goes away (a drain)', async () => {
       const key = prefix();
       const draining = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => true, pino({ level: 'silent' }));

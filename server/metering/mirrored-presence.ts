@@ -5,7 +5,8 @@
  * yet caught up after it returns) the store is *degraded*: reads come from the
  * local copy, which knows only this node's sockets, and the ticker settles only
  * the chats those sockets keep present (SPEC 6: each node keeps metering the
- * users present on it). When Redis returns, this node's sockets are copied back
+ * users present on it). When Redis returns, the sockets that left meanwhile are
+ * ended there at the instant they left, and this node's sockets are copied back,
  * before the shared store is trusted again.
  */
 import type { Logger } from '../log.js';
@@ -16,6 +17,8 @@ import type { PresenceSpan } from './rules.js';
 export class MirroredPresence implements PresenceStore {
   private synced = false;
   private resyncing: Promise<void> | null = null;
+  /** Leaves Redis has not heard of (it was down), in the order they happened. */
+  private unsentLeaves: Array<{ chatId: string; socketId: string; at: number }> = [];
 
   constructor(
     private readonly local: LocalPresence,
@@ -36,6 +39,17 @@ export class MirroredPresence implements PresenceStore {
     this.resyncing ??= (async () => {
       try {
         const at = now();
+        // a socket that left while Redis was down would otherwise stay present there until its heartbeat
+        // lapsed, and its chat be billed for the seconds after the user left (the simulation found it)
+        const leaves = this.unsentLeaves;
+        this.unsentLeaves = [];
+        try {
+          // each ends its socket where it left (a socket's leave is its own): pipelined like the copy below
+          await Promise.all(leaves.map((l) => this.shared.leave(l.chatId, l.socketId, l.at)));
+        } catch (err) {
+          this.unsentLeaves = [...leaves, ...this.unsentLeaves];
+          throw err;
+        }
         // concurrent commands are pipelined by the client: thousands of sockets take a few round trips
         await Promise.all([...this.local.joined()].map(({ chatId, socketId, heartbeatAt }) => this.shared.join(chatId, socketId, Math.min(heartbeatAt, at))));
         this.synced = true;
@@ -109,7 +123,9 @@ export class MirroredPresence implements PresenceStore {
 
   async leave(chatId: string, socketId: string, now: number): Promise<boolean> {
     const local = await this.local.leave(chatId, socketId, now);
-    return (await this.tryShared(() => this.shared.leave(chatId, socketId, now))) ?? local;
+    const shared = await this.tryShared(() => this.shared.leave(chatId, socketId, now));
+    if (shared === null) this.unsentLeaves.push({ chatId, socketId, at: now });
+    return shared ?? local;
   }
 
   async span(chatId: string, now: number): Promise<PresenceSpan | null> {
