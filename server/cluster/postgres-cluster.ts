@@ -1,7 +1,8 @@
 /**
  * Membership and settlement leases in Postgres, the one store every node already
  * trusts with money: the database is both the lock service and the fence, and its
- * clock (`clock_timestamp()`) is the only one leases are measured with.
+ * clock (`clock_timestamp()`) is the only one leases are measured with (a test may
+ * inject another, `leaseClock`, to run nodes on a fake clock).
  *
  * Every `leaseMs / 3` a node renews its row in `cluster_nodes`, reads the live
  * nodes, works out by rendezvous hashing which shards should be its own, renews

@@ -355,7 +355,8 @@ export class SettlementService {
    * The fence: key-share-locks the shard rows this node still leases at the epochs it
    * holds, and refuses every item of any other shard. A takeover locks the rows FOR
    * UPDATE first, so it waits for this transaction; the holder's own renewals (plain
-   * updates) don't. Checked against the database's clock, whatever this node's says.
+   * updates) don't. Checked against the database's clock, whatever this node's says (or
+   * against the lease clock a test injected).
    */
   private async checkFence(em: EntityManager, items: SettleItem[], fence: Fence): Promise<SettleOutcome[]> {
     const shards = [...new Set(items.map((i) => shardOf(i.chatId)))].filter((s) => fence.epochs.has(s)).sort((a, b) => a - b);
