@@ -272,7 +272,7 @@ class SimNode {
    * microtasks or setImmediate (DataLoader batches), and no timer due. Due timers fire
    * one at a time, each once the node is quiet, so nothing of a node ever overlaps.
    */
-  async settle(): Promise<void> {
+  async runUntilQuiet(): Promise<void> {
     this.clock.moveTo(this.sim.now + this.skew);
     for (let calm = 0; ; ) {
       await immediate();
@@ -395,10 +395,10 @@ export class Simulation {
       if (q && q.at < nodeAt && q.at <= stallEnd) {
         this.queue.splice(this.queue.indexOf(q), 1);
         await q.run();
-      } else if (node && nodeAt <= stallEnd) await node.settle();
+      } else if (node && nodeAt <= stallEnd) await node.runUntilQuiet();
     }
     this.now = end + SIM.tailMs;
-    for (const n of this.nodes) if (n.state === 'up') await n.settle();
+    for (const n of this.nodes) if (n.state === 'up') await n.runUntilQuiet();
     return this.check();
   }
 
@@ -414,7 +414,7 @@ export class Simulation {
       await n.cluster.start();
       await n.ticker.start();
     })();
-    await n.settle();
+    await n.runUntilQuiet();
     await starting.catch((err: unknown) => this.trace(`${id} failed to start: ${String(err)}`));
     return n;
   }
@@ -436,7 +436,7 @@ export class Simulation {
         failure = err;
       },
     );
-    await n.settle();
+    await n.runUntilQuiet();
     if (!done) throw new Error(`${what} on ${n.id} never finished: it waits for something the scheduler doesn't run`);
     this.trace(`${n.id}: ${what}${failure ? ` failed (${(failure as Error).message})` : ''}`);
   }
@@ -624,7 +624,7 @@ export class Simulation {
     this.trace(`${n.id} resumes`);
     // its Redis client reconnects if Redis came back meanwhile
     if (this.store.up && n.presence.degraded) void n.presence.resync(() => n.clock.now());
-    await n.settle();
+    await n.runUntilQuiet();
   }
 
   private async redisBack(wiped: boolean): Promise<void> {
@@ -635,7 +635,7 @@ export class Simulation {
     for (const n of this.nodes) {
       if (n.state !== 'up') continue;
       void n.presence.resync(() => n.clock.now());
-      await n.settle();
+      await n.runUntilQuiet();
     }
   }
 
