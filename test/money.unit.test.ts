@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { affordablePaidSeconds, creditsFor, formatAmount, isAmount, parseAmount, UNITS_PER_CREDIT } from '../server/money.js';
+import { MAX_AMOUNT_UNITS, MAX_RATE_UNITS, affordablePaidSeconds, creditsFor, formatAmount, isAmount, parseAmount, UNITS_PER_CREDIT } from '../server/money.js';
 
 /** Half-up rounding of paid × rate / 60 units, written as quotient and remainder (unlike money.ts). */
 function referenceCredits(paidSeconds: number, rate: bigint): bigint {
@@ -65,6 +65,23 @@ describe('money (pure)', () => {
         expect(isAmount(s), JSON.stringify(s)).to.equal(false);
         expect(() => parseAmount(s), JSON.stringify(s)).to.throw(RangeError);
       }
+    });
+
+    it('names the string it refuses, for the log line of whatever passed it a bad amount', () => {
+      expect(() => parseAmount('1.23456')).to.throw(RangeError, 'not an amount with at most 4 decimals: "1.23456"');
+    });
+
+    it('caps amounts at the largest the API takes, 15 integer digits and 4 decimals', () => {
+      expect(isAmount(formatAmount(MAX_AMOUNT_UNITS))).to.equal(true);
+      expect(isAmount(formatAmount(MAX_AMOUNT_UNITS + 1n))).to.equal(false);
+    });
+
+    it('caps rates at 1,000,000 credits a minute, where a chat bills 19,000 years before leaving numeric(20,4)', () => {
+      expect(formatAmount(MAX_RATE_UNITS)).to.equal('1000000.0000');
+      const seconds = 19_000 * 365.25 * 86_400;
+      const credits = formatAmount(creditsFor(seconds, MAX_RATE_UNITS));
+      expect(() => parseAmount(credits), credits).to.not.throw();
+      expect(() => parseAmount(formatAmount(creditsFor(Math.round(seconds * 1.1), MAX_RATE_UNITS)))).to.throw(RangeError);
     });
 
     it('takes 15 integer digits as input, and reads the 16 a numeric(20,4) column holds', () => {

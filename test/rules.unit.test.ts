@@ -9,6 +9,7 @@ import {
   type PresenceSpan,
   type SettleInput,
   type SettleResult,
+  abandonDeadline,
   applyCommand,
   meterState,
   settle,
@@ -195,6 +196,32 @@ describe('billing rules (pure)', () => {
       expect(r.chat.meterState).to.equal('away');
     });
 
+    it('records the billing point of an active chat nobody has joined yet at its start', () => {
+      const r = when({ chat: activeChat({ settledUntil: null }), presence: null }, s(60));
+      expect(r.chat.settledUntil).to.equal(s(0));
+    });
+
+    it('never moves the last presence back, as a node whose clock lags would', () => {
+      const a = when({ presence: left(s(0), s(50)) }, s(60));
+      expect(a.chat.lastPresentAt).to.equal(s(50));
+      // a node 30 s behind settles with a span it saw at its s(40)
+      const b = thenAgain(a, { presence: present(s(0), s(40)) }, s(40));
+      expect(b.chat.lastPresentAt).to.equal(s(50));
+    });
+
+    it('keeps the latest heartbeat of the chat, whichever of the record and the span has it', () => {
+      const first = when({ presence: present(s(0), s(20)) }, s(21));
+      expect(first.chat.lastHeartbeatAt).to.equal(s(20));
+      // a later span without a heartbeat (a join that has not beaten yet) keeps the recorded one
+      const noBeat = thenAgain(first, { presence: { since: s(22), until: s(30), lastHeartbeatAt: null } }, s(23));
+      expect(noBeat.chat.lastHeartbeatAt).to.equal(s(20));
+      // an older heartbeat (a lagging node's span) never replaces a newer one
+      expect(thenAgain(first, { presence: present(s(0), s(5)) }, s(21)).chat.lastHeartbeatAt).to.equal(s(20));
+      expect(thenAgain(first, { presence: present(s(0), s(21)) }, s(21)).chat.lastHeartbeatAt).to.equal(s(21));
+      // nothing recorded yet: the span's, or none
+      expect(when({ presence: { since: s(0), until: s(10), lastHeartbeatAt: null } }, s(5)).chat.lastHeartbeatAt).to.equal(null);
+    });
+
     it('ends a chat abandoned exactly at the timeout, not a millisecond before', () => {
       const presence = left(s(0), s(10));
       const before = when({ presence, rate: '0' }, s(10) + policy.abandonTimeoutMs - 1);
@@ -221,6 +248,23 @@ describe('billing rules (pure)', () => {
       const b = thenAgain(a, { presence: null }, s(169));
       expect(b.ended).to.equal(null);
       expect(thenAgain(a, { presence: null }, s(170)).ended).to.equal('abandoned');
+    });
+
+    it('counts absence from when the user was last seen, not from the end of the heartbeat window', () => {
+      // settled at s(10) while the heartbeat window runs to s(25): the user was present up to s(10), no further
+      const a = when({ presence: present(s(0), s(10)) }, s(10));
+      expect(a.chat.lastPresentAt).to.equal(s(10));
+      // the last socket left at s(10.5): abandoned two minutes after that, not after s(25)
+      const b = thenAgain(a, { presence: left(s(0), s(10.5)) }, s(130.5));
+      expect(b.ended).to.equal('abandoned');
+      expect(b.chat.lastPresentAt).to.equal(s(10.5));
+    });
+
+    it('gives only an active chat an abandon deadline', () => {
+      expect(abandonDeadline(activeChat({ lastPresentAt: s(10) }), -Infinity, policy)).to.equal(s(130));
+      for (const status of ['pending', 'ended'] as const) {
+        expect(abandonDeadline(activeChat({ status, lastPresentAt: s(10) }), -Infinity, policy), status).to.equal(null);
+      }
     });
 
     it('never abandons a present user, however long the chat', () => {
@@ -412,7 +456,9 @@ describe('billing rules (pure)', () => {
         it(`${cmd.kind} on a ${name} chat: ${expected}`, () => {
           const out = applyCommand(chat, cmd, s(60));
           if (expected === 'refused') {
-            expect(isRefusal(out)).to.equal(true);
+            if (!isRefusal(out)) throw new Error(`not refused: ${JSON.stringify(out)}`);
+            // the refusal goes to the client as the conflict's message: it names the state that refused
+            expect(out.refused).to.include(chat.status);
             return;
           }
           if (isRefusal(out)) throw new Error(`refused: ${out.refused}`);

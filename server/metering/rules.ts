@@ -108,11 +108,13 @@ export function meterState(chat: ChatMeter, presence: PresenceSpan | null, now: 
   switch (chat.status) {
     case 'pending':
       return 'pending';
+    // Stryker disable next-line StringLiteral: equivalent, without this case the default returns chat.status, 'ended'
     case 'ended':
       return 'ended';
     case 'active':
       if (chat.paused) return 'paused';
       return isPresent(presence, now) ? 'running' : 'away';
+    // Stryker disable next-line all: unreachable, the compiler proves the switch exhaustive
     default: {
       const _exhaustive: never = chat.status;
       return _exhaustive;
@@ -127,7 +129,13 @@ export function meterState(chat: ChatMeter, presence: PresenceSpan | null, now: 
  */
 export function abandonDeadline(chat: ChatMeter, observedSince: number, policy: Policy): number | null {
   if (chat.status !== 'active') return null;
-  return Math.max(chat.lastPresentAt ?? -Infinity, chat.startedAt ?? -Infinity, observedSince) + policy.abandonTimeoutMs;
+  const since = Math.max(
+    chat.lastPresentAt ?? -Infinity,
+    // Stryker disable next-line UnaryOperator: unreachable, an active chat always has startedAt (its start command sets it)
+    chat.startedAt ?? -Infinity,
+    observedSince,
+  );
+  return since + policy.abandonTimeoutMs;
 }
 
 /** Ends a chat at `now`; the caller has already billed up to it. */
@@ -162,11 +170,14 @@ export function settle(input: SettleInput): SettleResult {
       // presence that began after the last settlement: the gap before it is never billed,
       // even when the span was stamped after `now` (a join racing this tick, another node's clock)
       const to = Math.min(now, presence.until);
+      // Stryker disable next-line EqualityOperator: equivalent, at since === from both branches leave from as it is
       if (presence.since > from) {
         // but a span that covers nothing yet (stamped ahead of `now`, or already over) moves billing
         // no further than `to`: a later span starting before its `since` must still bill from there
+        // Stryker disable next-line EqualityOperator: equivalent, at since === to both sides are to
         from = presence.since < to ? presence.since : Math.max(from, to);
       }
+      // Stryker disable next-line EqualityOperator: equivalent, at to === from both sides are 0
       const seconds = to > from ? Math.floor((to - from) / SECOND) : 0;
 
       freeBilled = Math.min(seconds, freeSecondsRemaining(allowance));
@@ -186,6 +197,8 @@ export function settle(input: SettleInput): SettleResult {
         creditsUsed: credits,
         settledUntil: from + (freeBilled + paidBilled) * SECOND,
       };
+      // billing every affordable second leaves none affordable, so the check below would end the chat too:
+      // Stryker disable next-line ConditionalExpression,StringLiteral: equivalent (see above)
       if (paidBilled < paidWanted) ended = 'out_of_credits';
     } else {
       chat.settledUntil = from;
@@ -255,6 +268,7 @@ export function applyCommand(chat: ChatMeter, cmd: Command, now: number): ChatMe
     case 'end':
       if (chat.status === 'ended') return chat;
       return endChat(chat, cmd.reason, now);
+    // Stryker disable next-line all: unreachable, the compiler proves the switch exhaustive
     default: {
       const _exhaustive: never = cmd;
       return _exhaustive;
@@ -263,7 +277,9 @@ export function applyCommand(chat: ChatMeter, cmd: Command, now: number): ChatMe
 }
 
 function maxOrNull(a: number | null, b: number | null): number | null {
+  // Stryker disable next-line ConditionalExpression: equivalent, Math.max(null, b) is b for any instant (null reads as 0)
   if (a === null) return b;
+  // Stryker disable next-line ConditionalExpression: as above; `if (true)` is killed, but disabling is per mutator
   if (b === null) return a;
   return Math.max(a, b);
 }
