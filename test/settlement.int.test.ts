@@ -1,8 +1,11 @@
+import { randomUUID } from 'node:crypto';
 import { expect } from 'chai';
-import { ConflictError, ForbiddenError, NotFoundError } from '../server/errors.js';
-import type { SettleOutcome } from '../server/metering/settlement.js';
+import pg from 'pg';
+import { shardOf } from '../server/cluster/shards.js';
+import { BadRequestError, BusyError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../server/errors.js';
+import { type SettleOutcome, SettlementService } from '../server/metering/settlement.js';
 import { freshDatabase, type TestDb } from './support/db.js';
-import { T0, at, left, present, services } from './support/fixtures.js';
+import { T0, at, left, present, services, testPolicy } from './support/fixtures.js';
 
 type Ok = Extract<SettleOutcome, { ok: true }>;
 const ok = (o: SettleOutcome | undefined): Ok => {
@@ -132,9 +135,9 @@ describe('settlement engine (real database, explicit clock)', () => {
       await givenActiveChat({ chatId: 'A' });
       await s.accounts.putUser('u2', {});
       let err: unknown = await s.engine.initializeTimeTrackingForChat('u1', 'a1', 'nope').catch((e) => e);
-      expect(err).to.be.instanceOf(NotFoundError);
+      expect(err).to.be.instanceOf(NotFoundError).with.property('message', 'chat nope does not exist');
       err = await s.engine.initializeTimeTrackingForChat('u2', 'a1', 'A').catch((e) => e);
-      expect(err).to.be.instanceOf(ForbiddenError);
+      expect(err).to.be.instanceOf(ForbiddenError).with.property('message', 'chat A is not between user u2 and advisor a1');
     });
   });
 
@@ -241,6 +244,81 @@ describe('settlement engine (real database, explicit clock)', () => {
     });
   });
 
+  describe('row locks (real Postgres: PGlite has one connection, so no second transaction can hold a row)', () => {
+    let holder: pg.Client;
+    beforeEach(async function () {
+      if (db.embedded) return this.skip();
+      holder = new pg.Client({ connectionString: db.url! });
+      await holder.connect();
+    });
+    afterEach(async () => {
+      await holder?.query('ROLLBACK').catch(() => undefined);
+      await holder?.end();
+    });
+
+    /** Resolves once a backend of this database waits for a lock; fails if `work` finishes first. */
+    async function waitingForLock(work: Promise<unknown>): Promise<void> {
+      let done = false;
+      void work.then(
+        () => (done = true),
+        () => (done = true),
+      );
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        const [{ n }] = await db.ds.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`);
+        if (n > 0) return;
+        if (done) throw new Error('finished without waiting for the row held elsewhere');
+        if (Date.now() > deadline) throw new Error('nothing waited for a lock within 5 s');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+
+    it('settles against the balance a transaction holding the user row commits (a top-up), never over it', async () => {
+      const { chatId } = await givenActiveChat({ free: 0, balance: '10', rate: '6' });
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM users WHERE id = 'u1' FOR UPDATE`);
+      // a command waits for the row, up to its lock timeout
+      const settling = s.engine.settleBatch([{ chatId, presence: present(T0) }], at(10), { lockTimeoutMs: 5000 });
+      await waitingForLock(settling);
+      await holder.query(`UPDATE users SET balance = balance + 1 WHERE id = 'u1'`);
+      await holder.query('COMMIT');
+      // 10 s at 0.1 a second from the 11 credits committed meanwhile
+      expect(ok((await settling)[0]).meter.balance).to.equal('10.0000');
+      expect((await s.accounts.getUser('u1')).balance).to.equal('10.0000');
+    });
+
+    it('tops up on the balance a settlement holding the user row commits, never over it', async () => {
+      await s.accounts.putUser('u1', { balance: '10' });
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM users WHERE id = 'u1' FOR NO KEY UPDATE`);
+      const topping = s.engine.topUp('u1', '2', 'k1');
+      await waitingForLock(topping);
+      await holder.query(`UPDATE users SET balance = balance - 1 WHERE id = 'u1'`);
+      await holder.query('COMMIT');
+      expect((await topping).balance).to.equal('11.0000');
+      expect((await s.accounts.getUser('u1')).balance).to.equal('11.0000');
+    });
+
+    for (const [table, where] of [
+      ['users', `id = 'u1'`],
+      ['free_time_allowances', `user_id = 'u1'`],
+      ['chats', `id = 'c1'`],
+      ['conversation_time_records', `chat_id = 'c1'`],
+    ] as const) {
+      it(`reports a chat busy, billing nothing, to a tick while another transaction holds its row of ${table}`, async () => {
+        const { chatId } = await givenActiveChat({ free: 0, balance: '10', rate: '6' });
+        await holder.query('BEGIN');
+        await holder.query(`SELECT 1 FROM ${table} WHERE ${where} FOR NO KEY UPDATE`);
+        // a tick never waits for a lock: were it to, the lock timeout fails this batch at once
+        const [busy] = await s.engine.settleBatch([{ chatId, presence: present(T0) }], at(10), { skipLocked: true, lockTimeoutMs: 1000 });
+        expect(busy?.ok === false && busy.error).to.be.instanceOf(BusyError);
+        await holder.query('COMMIT');
+        const [later] = await s.engine.settleBatch([{ chatId, presence: present(T0) }], at(10), { skipLocked: true });
+        expect(ok(later).meter).to.include({ durationSeconds: 10, balance: '9.0000' });
+      });
+    }
+  });
+
   describe('out of credits', () => {
     it('ends the chat with balance exactly 0 when the balance runs out on a second boundary', async () => {
       const { chatId } = await givenActiveChat({ free: 0, balance: '1', rate: '6' });
@@ -298,10 +376,37 @@ describe('settlement engine (real database, explicit clock)', () => {
       expect(first).to.include({ balance: '3.7500', replayed: false });
       expect(again).to.include({ replayed: true });
       expect(again.entry.id).to.equal(first.entry.id);
-      expect(await s.engine.topUp('u1', '3', 'order-1').catch((e) => e)).to.be.instanceOf(ConflictError);
+      expect(await s.engine.topUp('u1', '3', 'order-1').catch((e) => e))
+        .to.be.instanceOf(ConflictError)
+        .with.property('message', 'idempotency key order-1 was used for a top-up of 2.2500');
       expect((await s.accounts.getUser('u1')).balance).to.equal('3.7500');
       expect(await ledgerSum('u1')).to.equal('3.7500');
-      expect(await s.engine.topUp('ghost', '1', 'k').catch((e) => e)).to.be.instanceOf(NotFoundError);
+      expect(await s.engine.topUp('ghost', '1', 'k').catch((e) => e))
+        .to.be.instanceOf(NotFoundError)
+        .with.property('message', 'user ghost does not exist');
+    });
+
+    it('answers a top-up with its ledger entry', async () => {
+      await s.accounts.putUser('u1', { balance: '1' });
+      const before = Date.now();
+      const { entry } = await s.engine.topUp('u1', '2', 'order-9');
+      const [row] = await db.ds.query(`SELECT id::text FROM ledger_entries WHERE idempotency_key = 'order-9'`);
+      expect(entry).to.deep.include({ id: row.id, type: 'topup', amount: '2.0000', balanceAfter: '3.0000', chatId: null, idempotencyKey: 'order-9' });
+      expect(Date.parse(entry.createdAt)).to.be.within(before - 5000, Date.now() + 5000);
+    });
+
+    it('refuses a top-up of nothing, and one that would take the balance past the largest amount', async () => {
+      await s.accounts.putUser('u1', { balance: '1' });
+      expect(await s.engine.topUp('u1', '0', 'zero').catch((e) => e))
+        .to.be.instanceOf(BadRequestError)
+        .with.property('message', 'a top-up amount must be positive');
+      // up to exactly the largest amount is fine; a unit more is not
+      expect((await s.engine.topUp('u1', '999999999999998.9999', 'max')).balance).to.equal('999999999999999.9999');
+      const over = await s.engine.topUp('u1', '0.0001', 'over').catch((e) => e);
+      expect(over).to.be.instanceOf(DomainError).with.property('code', 'unprocessable');
+      expect(over.message).to.equal('a balance may not exceed 999999999999999.9999');
+      expect((await s.accounts.getUser('u1')).balance).to.equal('999999999999999.9999');
+      expect(await ledgerSum('u1')).to.equal('999999999999999.9999');
     });
 
     it('starts a new charge entry after a top-up so the ledger reads in order', async () => {
@@ -317,6 +422,69 @@ describe('settlement engine (real database, explicit clock)', () => {
         { type: 'topup', amount: '1.0000', balance_after: '10.0000' },
         { type: 'charge', amount: '0.2000', balance_after: '9.8000' },
       ]);
+    });
+  });
+
+  describe('webhook events (SPEC 8), with an outbox', () => {
+    it('records each event in the change\'s transaction and announces it once committed; a replayed top-up records none', async () => {
+      let announced = 0;
+      const engine = new SettlementService(db.ds, testPolicy, { newId: randomUUID, recorded: () => void announced++ });
+      await s.accounts.putUser('u1', { balance: '100' });
+      await s.accounts.putAdvisor('a1', { ratePerMinute: '6', freeSeconds: 0 });
+      await s.accounts.createChat({ id: 'c1', userId: 'u1', advisorId: 'a1' });
+      await engine.initializeTimeTrackingForChat('u1', 'a1', 'c1');
+      ok((await engine.settleBatch([{ chatId: 'c1', presence: present(T0), command: { kind: 'start' } }], T0))[0]);
+      expect(announced).to.equal(1);
+      // a tick with nothing to report announces nothing
+      ok((await engine.settleBatch([{ chatId: 'c1', presence: present(T0) }], at(1)))[0]);
+      expect(announced).to.equal(1);
+      await engine.topUp('u1', '2', 'order-1');
+      expect(announced).to.equal(2);
+      await engine.topUp('u1', '2', 'order-1');
+      expect(announced, 'a replay records nothing').to.equal(2);
+      const events: Array<{ type: string }> = await db.ds.query(`SELECT type FROM webhook_events ORDER BY seq`);
+      expect(events.map((e) => e.type)).to.deep.equal(['chat.started', 'credits.added']);
+    });
+  });
+
+  describe('reads and empty batches', () => {
+    it('settles an empty batch to nothing, and reads no meter for a chat without a record', async () => {
+      expect(await s.engine.settleBatch([], at(1))).to.deep.equal([]);
+      await s.accounts.putUser('u1', { balance: '1' });
+      await s.accounts.putAdvisor('a1', { ratePerMinute: '6' });
+      await s.accounts.createChat({ id: 'p', userId: 'u1', advisorId: 'a1' });
+      expect(await s.engine.readMeter('p', null, at(1))).to.equal(null);
+      expect(await s.engine.readMeter('nope', null, at(1))).to.equal(null);
+      // a tick skips a chat nobody joined yet (no record), and says nothing of it
+      expect(await s.engine.settleBatch([{ chatId: 'p', presence: null }], at(1), { skipLocked: true })).to.deep.equal([]);
+    });
+  });
+
+  describe('the fence (a cluster\'s settlement leases)', () => {
+    it('settles only the chats of shards it still holds at their epochs, and bills nothing of the others', async function () {
+      if (db.embedded) return this.skip(); // the fence locks lease rows FOR KEY SHARE: a Postgres server's
+      await givenActiveChat({ chatId: 'c1', free: 0, balance: '10', rate: '6' });
+      await s.accounts.createChat({ id: 'c2', userId: 'u1', advisorId: 'a1' });
+      await s.engine.initializeTimeTrackingForChat('u1', 'a1', 'c2');
+      ok((await s.engine.settleBatch([{ chatId: 'c2', presence: present(T0), command: { kind: 'start' } }], T0))[0]);
+      expect(shardOf('c1')).to.not.equal(shardOf('c2'));
+      await db.ds.query(`UPDATE settlement_shards SET owner = 'n1', epoch = 7, expires_at = clock_timestamp() + interval '1 minute' WHERE shard = ANY($1::int[])`, [
+        [shardOf('c1'), shardOf('c2')],
+      ]);
+      const items = [
+        { chatId: 'c1', presence: present(T0) },
+        { chatId: 'c2', presence: present(T0) },
+      ];
+      // c1's shard at its epoch; c2's at an epoch another node has since replaced
+      const out = await s.engine.settleBatch(items, at(10), { fence: { owner: 'n1', epochs: new Map([[shardOf('c1'), '7'], [shardOf('c2'), '6']]) } });
+      expect(ok(out.find((o) => o.chatId === 'c1')).meter.durationSeconds).to.equal(10);
+      const lost = out.find((o) => o.chatId === 'c2');
+      expect(lost?.ok === false && lost.error).to.be.instanceOf(LeaseLostError);
+      expect((await record('c2')).duration, 'nothing billed under a lost lease').to.equal(0);
+      // a fence that holds none of them refuses the whole batch
+      const none = await s.engine.settleBatch(items, at(20), { fence: { owner: 'n1', epochs: new Map() } });
+      expect(none.map((o) => [o.chatId, o.ok]).sort()).to.deep.equal([['c1', false], ['c2', false]]);
+      expect([(await record('c1')).duration, (await record('c2')).duration]).to.deep.equal([10, 0]);
     });
   });
 });
