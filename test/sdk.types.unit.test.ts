@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { type ChatSession, type Client, type Dashboard, ChatmeterError, type ChatmeterErrorCode, type MeterSnapshot, connect } from '../client-sdk/src/index.js';
+import { ErrorCode } from '../client-sdk/src/protocol.js';
 
 /**
  * Type-level tests of the SDK: each `@ts-expect-error` line must fail to compile
@@ -57,11 +58,22 @@ describe('client SDK types', () => {
     const noUrl = () => connect({ token: 't' });
     void [calls, noUrl];
 
-    const codes: ChatmeterErrorCode[] = ['bad_request', 'unauthorized', 'forbidden', 'not_found', 'conflict', 'rate_limited', 'internal', 'timeout', 'disconnected'];
+    const codes = [
+      'bad_request', 'unauthorized', 'forbidden', 'not_found', 'conflict', 'rate_limited', 'payload_too_large', 'unprocessable', 'internal',
+      'timeout', 'disconnected',
+    ] as const satisfies readonly ChatmeterErrorCode[];
+    // the list holds every code of the union: a code the type gains without the list fails to compile
+    const complete: [Exclude<ChatmeterErrorCode, (typeof codes)[number]>] extends [never] ? true : false = true;
+    const partial = ['timeout', 'disconnected'] as const;
+    // @ts-expect-error the check above bites: a list without the server's codes is incomplete
+    const incomplete: [Exclude<ChatmeterErrorCode, (typeof partial)[number]>] extends [never] ? true : false = true;
     // @ts-expect-error not a code of SPEC 2 or the client's own
     const wrong: ChatmeterErrorCode = 'teapot';
-    void wrong;
-    expect(new ChatmeterError('timeout', 'late')).to.include({ code: 'timeout', name: 'ChatmeterError' });
-    expect(codes).to.have.length(9);
+    void [complete, incomplete, wrong];
+
+    // at run time: the union is the protocol's codes, as the server sends them, and the client's own two
+    expect([...codes].sort()).to.deep.equal([...Object.values(ErrorCode), 'timeout', 'disconnected'].sort());
+    const err = new ChatmeterError('timeout', 'late');
+    expect(err).to.be.instanceOf(Error).and.include({ code: 'timeout', name: 'ChatmeterError', message: 'late' });
   });
 });
