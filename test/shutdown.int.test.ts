@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import { createDataSource } from '../server/db.js';
 import { freshDatabase, type TestDb } from './support/db.js';
 import { spawnNode } from './support/processes.js';
 import { FAST_ENV, call, eventually, startNode, waitFor } from './support/server.js';
@@ -47,10 +48,22 @@ describe('SIGTERM (a real process)', () => {
         expect(logged).to.not.include(FAST_ENV.CHATMETER_API_KEY);
         expect(logged).to.not.include(FAST_ENV.CHATMETER_JWT_SECRET);
         // everything metered up to the stop was settled: the chat stays active for the next node
-        if (db.url) {
-          const [rec] = await db.ds.query(`SELECT duration, settled_until, is_active FROM conversation_time_records WHERE chat_id = 'c1'`);
+        // (on PGlite the node's data directory is opened once it has exited: one process per directory)
+        const ds = db.url ? db.ds : await createDataSource({ databaseUrl: null, dataDir: dataDir! }).then((d) => d.initialize());
+        try {
+          const [rec] = await ds.query(
+            `SELECT r.duration, r.settled_until, r.is_active, r.credits_used::text, c.started_at,
+                    (SELECT coalesce(sum(amount), 0)::text FROM ledger_entries l WHERE l.chat_id = r.chat_id AND l.type = 'charge') AS charged
+               FROM conversation_time_records r JOIN chats c ON c.id = r.chat_id WHERE r.chat_id = 'c1'`,
+          );
           expect(rec.is_active).to.equal(true);
           expect(stopAt - rec.settled_until.getTime()).to.be.within(-1000, 1000);
+          // billed seconds up to where billing stopped, never more than have passed since the start, and charged
+          expect(rec.duration).to.be.at.least(2);
+          expect(rec.duration * 1000).to.be.at.most(rec.settled_until.getTime() - rec.started_at.getTime());
+          expect(rec.charged).to.equal(rec.credits_used);
+        } finally {
+          if (!db.url) await ds.destroy();
         }
       } finally {
         clearInterval(beat);
