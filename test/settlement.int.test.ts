@@ -287,6 +287,16 @@ describe('settlement engine (real database, explicit clock)', () => {
       expect((await s.accounts.getUser('u1')).balance).to.equal('10.0000');
     });
 
+    it('gives a command up after its lock timeout, billing nothing', async () => {
+      const { chatId } = await givenActiveChat({ free: 0, balance: '10', rate: '6' });
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM users WHERE id = 'u1' FOR UPDATE`);
+      const err = await s.engine.settleBatch([{ chatId, presence: present(T0) }], at(10), { lockTimeoutMs: 200 }).catch((e) => e);
+      expect(err?.driverError?.code, String(err)).to.equal('55P03');
+      await holder.query('COMMIT');
+      expect((await record(chatId)).duration).to.equal(0);
+    });
+
     it('tops up on the balance a settlement holding the user row commits, never over it', async () => {
       await s.accounts.putUser('u1', { balance: '10' });
       await holder.query('BEGIN');
@@ -305,13 +315,20 @@ describe('settlement engine (real database, explicit clock)', () => {
       ['chats', `id = 'c1'`],
       ['conversation_time_records', `chat_id = 'c1'`],
     ] as const) {
-      it(`reports a chat busy, billing nothing, to a tick while another transaction holds its row of ${table}`, async () => {
+      it(`reports a chat busy, billing nothing, to a tick while another transaction holds its row of ${table}, and settles the rest`, async () => {
         const { chatId } = await givenActiveChat({ free: 0, balance: '10', rate: '6' });
+        await givenActiveChat({ chatId: 'c2', userId: 'u2', advisorId: 'a2', free: 0, balance: '10', rate: '6' });
+        const items = [
+          { chatId, presence: present(T0) },
+          { chatId: 'c2', presence: present(T0) },
+        ];
         await holder.query('BEGIN');
         await holder.query(`SELECT 1 FROM ${table} WHERE ${where} FOR NO KEY UPDATE`);
         // a tick never waits for a lock: were it to, the lock timeout fails this batch at once
-        const [busy] = await s.engine.settleBatch([{ chatId, presence: present(T0) }], at(10), { skipLocked: true, lockTimeoutMs: 1000 });
-        expect(busy?.ok === false && busy.error).to.be.instanceOf(BusyError);
+        const out = await s.engine.settleBatch(items, at(10), { skipLocked: true, lockTimeoutMs: 1000 });
+        const busy = out.find((o) => o.chatId === chatId);
+        expect(busy?.ok === false && busy.error).to.be.instanceOf(BusyError).with.property('message', 'chat c1 is being settled elsewhere');
+        expect(ok(out.find((o) => o.chatId === 'c2')).meter.durationSeconds).to.equal(10);
         await holder.query('COMMIT');
         const [later] = await s.engine.settleBatch([{ chatId, presence: present(T0) }], at(10), { skipLocked: true });
         expect(ok(later).meter).to.include({ durationSeconds: 10, balance: '9.0000' });
@@ -479,7 +496,9 @@ describe('settlement engine (real database, explicit clock)', () => {
       const out = await s.engine.settleBatch(items, at(10), { fence: { owner: 'n1', epochs: new Map([[shardOf('c1'), '7'], [shardOf('c2'), '6']]) } });
       expect(ok(out.find((o) => o.chatId === 'c1')).meter.durationSeconds).to.equal(10);
       const lost = out.find((o) => o.chatId === 'c2');
-      expect(lost?.ok === false && lost.error).to.be.instanceOf(LeaseLostError);
+      expect(lost?.ok === false && lost.error)
+        .to.be.instanceOf(LeaseLostError)
+        .with.property('message', `this node no longer holds the lease of shard ${shardOf('c2')}`);
       expect((await record('c2')).duration, 'nothing billed under a lost lease').to.equal(0);
       // a fence that holds none of them refuses the whole batch
       const none = await s.engine.settleBatch(items, at(20), { fence: { owner: 'n1', epochs: new Map() } });
