@@ -20,10 +20,15 @@ const truncate = (ds: DataSource) => ds.query(`TRUNCATE ${TABLES} RESTART IDENTI
 
 /**
  * A fresh database: a new Postgres database on the server of `DATABASE_URL` when it
- * is set, otherwise an in-memory PGlite. Pass `embedded: true` to force PGlite.
+ * is set, otherwise an in-memory PGlite (never in CI, which must set it). Pass
+ * `embedded: true` to force PGlite.
  */
 export async function freshDatabase(opts: { embedded?: boolean; migrate?: boolean } = {}): Promise<TestDb> {
   const base = process.env.DATABASE_URL;
+  if (!base && !opts.embedded && process.env.CI) {
+    // on PGlite's one connection every concurrency test runs one transaction at a time and proves nothing
+    throw new Error('CI runs the database tests on a Postgres server: set DATABASE_URL (.ci/run does)');
+  }
   if (!base || opts.embedded) {
     const ds = await createDataSource({ databaseUrl: null, dataDir: 'memory://' });
     await ds.initialize();
