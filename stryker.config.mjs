@@ -1,8 +1,14 @@
 // Mutation testing of the money core (issue 10, item 5): `npm run mutate`, docs/RELIABILITY.md.
 // Not part of `npm test`. Mutate one file with `npm run mutate -- --mutate server/money.ts`.
 
+import pg from 'pg';
+
 // The database tests make their own throwaway databases on this server; the base database is never used.
 process.env.DATABASE_URL ??= 'postgres://postgres@127.0.0.1:5432/postgres';
+// A mutant that hangs is timed out by killing its test runner, whose databases stay behind: they are
+// named apart and dropped when the next run starts (only those nobody is connected to).
+process.env.TEST_DATABASE_PREFIX = 'chatmeter_mut';
+await dropLeftovers(process.env.DATABASE_URL);
 
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
 export default {
@@ -34,3 +40,17 @@ export default {
   jsonReporter: { fileName: 'reports/mutation/mutation.json' },
   clearTextReporter: { reportTests: false, logTests: false },
 };
+
+async function dropLeftovers(url) {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query(
+      `SELECT datname FROM pg_database d
+        WHERE datname LIKE 'chatmeter\\_mut\\_%' AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`,
+    );
+    for (const { datname } of rows) await client.query(`DROP DATABASE IF EXISTS "${datname}"`);
+  } finally {
+    await client.end();
+  }
+}

@@ -35,7 +35,9 @@ export async function freshDatabase(opts: { embedded?: boolean; migrate?: boolea
     if (opts.migrate !== false) await ds.runMigrations({ transaction: 'each' });
     return { ds, url: null, embedded: true, reset: () => truncate(ds), close: () => ds.destroy() };
   }
-  const name = `chatmeter_t_${randomBytes(6).toString('hex')}`;
+  // a mutation run names its own (stryker.config.mjs), to drop those a killed test runner left behind
+  const prefix = /^[a-z_]{1,20}$/.test(process.env.TEST_DATABASE_PREFIX ?? '') ? process.env.TEST_DATABASE_PREFIX : 'chatmeter_t';
+  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
   await admin(base, `CREATE DATABASE ${name}`);
   const url = withDatabase(base, name);
   const ds = await createDataSource({ databaseUrl: url, dataDir: '' });
