@@ -31,6 +31,11 @@ export default {
   coverageAnalysis: 'perTest',
   // two cores, shared with other work
   concurrency: 2,
+  // A mutant slower than this is counted as detected (a timeout). Stryker's default (1.5 x the tests'
+  // time + 5 s) timed out a dozen mutants that can't hang (an error message, Math.max for Math.min) when
+  // another job loaded the machine, padding the score; a real hang costs a minute at most here.
+  timeoutFactor: 3,
+  timeoutMS: 15_000,
   // Stryker rewrites tsconfig paths through the TypeScript compiler API, which TypeScript 7 no
   // longer ships; this tsconfig has no extends or references to rewrite, so point it at nothing
   tsconfigFile: 'stryker/no-tsconfig.json',
