@@ -138,6 +138,10 @@ describe('settlement engine (real database, explicit clock)', () => {
       expect(err).to.be.instanceOf(NotFoundError).with.property('message', 'chat nope does not exist');
       err = await s.engine.initializeTimeTrackingForChat('u2', 'a1', 'A').catch((e) => e);
       expect(err).to.be.instanceOf(ForbiddenError).with.property('message', 'chat A is not between user u2 and advisor a1');
+      await s.accounts.putAdvisor('a2', { ratePerMinute: '1' });
+      err = await s.engine.initializeTimeTrackingForChat('u1', 'a2', 'A').catch((e) => e);
+      expect(err).to.be.instanceOf(ForbiddenError).with.property('message', 'chat A is not between user u1 and advisor a2');
+      expect(await db.ds.query(`SELECT 1 FROM free_time_allowances WHERE advisor_id = 'a2'`)).to.deep.equal([]);
     });
   });
 
