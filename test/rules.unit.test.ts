@@ -411,6 +411,13 @@ describe('billing rules (pure)', () => {
       expect(thenAgain(d, { presence: present(s(0), s(101)) }, s(101)).lowBalance).to.equal(false);
     });
 
+    it('warns only below the threshold, not at it', () => {
+      // 10 credits at 0.1/s: 60 s affordable after 40 s, 59 after 41
+      const at60 = when({ balance: '10', presence: present(s(0), s(40)) }, s(40));
+      expect([at60.lowBalance, at60.secondsAffordable]).to.deep.equal([false, 60]);
+      expect(thenAgain(at60, { presence: present(s(0), s(41)) }, s(41)).lowBalance).to.equal(true);
+    });
+
     it('never warns at rate 0 or for a chat that is not active', () => {
       expect(when({ balance: '0', rate: '0' }, s(10)).lowBalance).to.equal(false);
       expect(when({ chat: activeChat({ status: 'pending', startedAt: null, settledUntil: null }), balance: '0' }, s(10)).lowBalance).to.equal(false);
