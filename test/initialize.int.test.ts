@@ -117,6 +117,29 @@ describe('initializeTimeTrackingForChat under concurrency (rule 7)', () => {
     expect(await verifyInvariants(db.ds)).to.deep.equal([]);
   });
 
+  it('creates each chat\'s record alone when the statement for all of them fails', async () => {
+    const chatIds = ['f1', 'f2', 'f3'];
+    for (const id of chatIds) await s.accounts.createChat({ id, userId: 'u1', advisorId: 'a1' });
+    const engine = new SettlementService(db.ds, testPolicy);
+    const query = db.ds.query.bind(db.ds);
+    let refused = 0;
+    (db.ds as { query: unknown }).query = (sql: string, ...rest: unknown[]) => {
+      if (sql.startsWith('WITH c AS')) {
+        refused++;
+        return Promise.reject(new Error('injected: the batch statement fails'));
+      }
+      return (query as (sql: string, ...r: unknown[]) => Promise<unknown>)(sql, ...rest);
+    };
+    try {
+      const got = await Promise.all(chatIds.map((id) => engine.createRecord('u1', 'a1', id)));
+      expect(got.map((r) => r.chat_id)).to.deep.equal(chatIds);
+    } finally {
+      (db.ds as { query: unknown }).query = query;
+    }
+    expect(refused).to.equal(1);
+    expect(await count(`SELECT count(*) AS n FROM conversation_time_records WHERE chat_id LIKE 'f%'`)).to.equal(3);
+  });
+
   it('returns the existing record when going back to an ended chat, from any node', async () => {
     await s.accounts.createChat({ id: 'A', userId: 'u1', advisorId: 'a1' });
     const first = await nodes[0]!.initializeTimeTrackingForChat('u1', 'a1', 'A');
