@@ -43,14 +43,13 @@ async function main(): Promise<void> {
   ds.createQueryRunner = (...a: Parameters<typeof createRunner>) => {
     const runner = createRunner(...a);
     const query = runner.query.bind(runner);
-    runner.query = (async (sql: string | { text: string }, ...rest: unknown[]) => {
+    runner.query = (async (sql: string, ...rest: unknown[]) => {
       const start = performance.now();
       try {
-        return await (query as (sql: unknown, ...r: unknown[]) => Promise<unknown>)(sql, ...rest);
+        return await (query as (sql: string, ...r: unknown[]) => Promise<unknown>)(sql, ...rest);
       } finally {
         if (timing) {
-          // a prepared statement comes as a query config (server/db.ts preparedQuery)
-          const key = (typeof sql === 'string' ? sql : sql.text).replace(/\s+/g, ' ').trim().slice(0, 48);
+          const key = sql.replace(/\s+/g, ' ').trim().slice(0, 48);
           const xs = statementMs.get(key) ?? [];
           xs.push(performance.now() - start);
           statementMs.set(key, xs);

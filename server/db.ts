@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DataSource, type EntityManager } from 'typeorm';
+import { DataSource } from 'typeorm';
 import { entities } from '../entities/index.js';
 import { migrations } from '../migrations/index.js';
 
@@ -100,16 +100,4 @@ function alive(pid: number): boolean {
 export async function updateReturning<T>(q: Pick<DataSource, 'query'>, sql: string, params: unknown[]): Promise<T[]> {
   const result: unknown = await q.query(sql, params);
   return (Array.isArray(result) && Array.isArray(result[0]) ? result[0] : result) as T[];
-}
-
-/**
- * Runs `sql` as a named prepared statement of the connection: Postgres parses and
- * plans it once per connection instead of on every call. For the statements a node
- * runs many times a second (the tick's read and write), where planning is a few
- * percent of the statement. Names must be unique per distinct text. TypeORM types
- * `query` with a string but hands the value to node-postgres as it is, which takes
- * a query config object; PGlite's adapter speaks the same protocol.
- */
-export function preparedQuery<T>(q: Pick<EntityManager, 'query'>, name: string, sql: string, params: unknown[]): Promise<T> {
-  return q.query({ name, text: sql } as unknown as string, params) as Promise<T>;
 }

@@ -14,7 +14,6 @@ import { type Fence, type LeaseClock, leaseNow } from '../cluster/cluster.js';
 import { shardOf } from '../cluster/shards.js';
 import { BadRequestError, BusyError, ConflictError, DomainError, ForbiddenError, LeaseLostError, NotFoundError } from '../errors.js';
 import { batchedReads } from '../batched-reads.js';
-import { preparedQuery } from '../db.js';
 import { MAX_AMOUNT_UNITS, formatAmount, parseAmount } from '../money.js';
 import {
   type AllowanceRow,
@@ -275,10 +274,7 @@ export class SettlementService {
    * result is busy (some row held elsewhere, settled next tick) or has no record yet.
    */
   private async readSkippingLocked(em: EntityManager, chatIds: string[]): Promise<{ rows: LockedRows; busy: Set<string> }> {
-    const joined = await preparedQuery<Array<RecordRow & JoinedColumns>>(
-      em,
-      // Stryker disable next-line StringLiteral: equivalent in outcome (an unnamed statement is planned each time; docs/BENCHMARKS.md measures the difference)
-      'settle_read',
+    const joined: Array<RecordRow & JoinedColumns> = await em.query(
       `SELECT r.*, c.status AS c_status, c.paused AS c_paused, c.started_at AS c_started_at,
               c.ended_at AS c_ended_at, c.end_reason AS c_end_reason, c.created_at AS c_created_at, u.balance AS u_balance,
               u.low_balance_warned AS u_low_balance_warned, u.ledger_head AS u_ledger_head,
@@ -361,11 +357,7 @@ export class SettlementService {
     // the webhook events of these changes, in their transaction: none lost, none invented
     add('events', events);
     if (!parts.length) return;
-    // one prepared statement per combination of tables written (a steady tick writes the same few)
-    // Stryker disable next-line StringLiteral: equivalent, the names stay distinct without a separator (the tables come in a fixed order)
-    await preparedQuery(em, `settle_write_${Object.keys(data).join('_')}`, `WITH w AS (SELECT $1::jsonb AS j), ${parts.join(', ')} SELECT 1`, [
-      JSON.stringify(data),
-    ]);
+    await em.query(`WITH w AS (SELECT $1::jsonb AS j), ${parts.join(', ')} SELECT 1`, [JSON.stringify(data)]);
   }
 
   /**
