@@ -32,19 +32,26 @@ describe('shared presence (real Redis)', function () {
   });
 
   describe('MirroredPresence through a Redis outage', () => {
-    it('answers from this node\'s sockets while Redis is down, and copies them back when it returns', async () => {
-      let up = true;
+    /** Two nodes' presence over one Redis key space, with Redis reachable while `redisUp.value`. */
+    async function twoNodes() {
+      const redisUp = { value: true };
       const key = prefix();
-      const nodeA = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
-      const nodeB = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
+      const node = () =>
+        new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => redisUp.value, pino({ level: 'silent' }));
+      const [nodeA, nodeB] = [node(), node()];
       await nodeA.resync(() => 0);
       await nodeB.resync(() => 0);
+      return { redisUp, nodeA, nodeB };
+    }
+
+    it('answers from this node\'s sockets while Redis is down, and copies them back when it returns', async () => {
+      const { redisUp, nodeA, nodeB } = await twoNodes();
       // b sees a's socket through Redis
       await nodeA.join('c', 's-a', 1000);
       expect(await nodeB.span('c', 1000)).to.deep.include({ since: 1000 });
       expect(nodeB.degraded).to.equal(false);
 
-      up = false;
+      redisUp.value = false;
       nodeA.lost();
       nodeB.lost();
       expect(nodeA.degraded).to.equal(true);
@@ -54,7 +61,7 @@ describe('shared presence (real Redis)', function () {
       expect(await nodeA.span('d', 2000)).to.equal(null);
       expect((await nodeB.span('d', 2000))!.since).to.equal(2000);
 
-      up = true;
+      redisUp.value = true;
       await nodeA.resync(() => 3000);
       await nodeB.resync(() => 3000);
       // what b's sockets did during the outage is in Redis again, for every node
@@ -65,14 +72,9 @@ describe('shared presence (real Redis)', function () {
     it('tells Redis when it returns of the sockets that left while it was down, at the instant they left', async () => {
       // found by the simulation (docs/RELIABILITY.md): the leave never reached Redis, whose stale socket
       // kept the user present until its heartbeat lapsed, and the chat was billed for seconds after the user left
-      let up = true;
-      const key = prefix();
-      const nodeA = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
-      const nodeB = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => up, pino({ level: 'silent' }));
-      await nodeA.resync(() => 0);
-      await nodeB.resync(() => 0);
+      const { redisUp, nodeA, nodeB } = await twoNodes();
       await nodeA.join('c', 's1', 1000);
-      up = false;
+      redisUp.value = false;
       nodeA.lost();
       nodeB.lost();
       expect(await nodeA.leave('c', 's1', 2000)).to.equal(true);
@@ -80,7 +82,7 @@ describe('shared presence (real Redis)', function () {
       await nodeA.join('d', 's2', 1000);
       await nodeA.leave('d', 's2', 1500);
       await nodeA.join('d', 's2', 2500);
-      up = true;
+      redisUp.value = true;
       await nodeA.resync(() => 3000);
       await nodeB.resync(() => 3000);
       expect((await nodeB.span('c', 3000))!.until, 'the user left at 2 s').to.equal(2000);
@@ -88,11 +90,7 @@ describe('shared presence (real Redis)', function () {
     });
 
     it('ends this node\'s presence in Redis when it goes away (a drain)', async () => {
-      const key = prefix();
-      const draining = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => true, pino({ level: 'silent' }));
-      const other = new MirroredPresence(new LocalPresence(timing), new RedisPresence(redis!, timing, key, 60_000), () => true, pino({ level: 'silent' }));
-      await draining.resync(() => 0);
-      await other.resync(() => 0);
+      const { nodeA: draining, nodeB: other } = await twoNodes();
       await draining.join('c', 's1', 1000);
       await draining.releaseAll(4000);
       expect((await other.span('c', 4000))!.until).to.equal(4000);

@@ -14,6 +14,7 @@
  * while the user was not present or the chat not running, and no more lost than
  * the design allows.
  */
+import { type Span, normalize, total } from '../../faults/intervals.js';
 import { pino } from 'pino';
 import type { DataSource, EntityManager } from 'typeorm';
 import { Accounts } from '../../server/accounts.js';
@@ -293,11 +294,11 @@ class SimNode {
 /** What the model knows of one chat's presence and state, in the instants the nodes stamped. */
 interface ChatTruth {
   /** [from, to) stretches the user was present per rule 5 at most (a tab counts until its heartbeat lapses or it leaves). */
-  upper: Array<[number, number]>;
+  upper: Span[];
   /** Stretches the design must bill: as above, but a tab of a node taken for dead stops at the node's last renewal. */
-  lower: Array<[number, number]>;
+  lower: Span[];
   /** [from, to) stretches the chat was active and unpaused (to = Infinity while it still is). */
-  running: Array<[number, number]>;
+  running: Span[];
 }
 
 /** One tab's presence stamps, to build the truth at the end. */
@@ -680,7 +681,7 @@ export class Simulation {
       const allowed = intersect(truth.upper, truth.running);
       const slack = 2 * Math.max(0, ...this.sc.skews.map(Math.abs));
       for (const b of mine) {
-        const outside = length([b]) - length(intersect([b], allowed));
+        const outside = total([b]) - total(intersect([b], allowed));
         if (outside > 2 * slack) problems.push(`${c.id}: billed [${span(b)}] but ${outside} ms of it the user was absent or the chat not running`);
       }
       // and nothing lost: each stretch the design must bill, in whole seconds, give or take a second per stretch.
@@ -729,33 +730,19 @@ export class Simulation {
     if (from !== null) running.push([from, Infinity]);
     // an end the ticks decided (out of credits, abandoned) is in the chat's row
     const cutAt = endedMs ?? Infinity;
-    return { upper: union(upper), lower: union(lower), running: intersect(running, [[-Infinity, cutAt]]) };
+    return { upper: normalize(upper), lower: normalize(lower), running: intersect(running, [[-Infinity, cutAt]]) };
   }
 }
 
-const span = ([a, b]: [number, number]) => `${a - T0}, ${b === Infinity ? '∞' : b - T0})`;
+const span = ([a, b]: Span) => `${a - T0}, ${b === Infinity ? '∞' : b - T0})`;
 
-/** Sorted, merged stretches. */
-function union(xs: Array<[number, number]>): Array<[number, number]> {
-  const sorted = [...xs].sort((a, b) => a[0] - b[0]);
-  const out: Array<[number, number]> = [];
-  for (const [a, b] of sorted) {
-    const last = out.at(-1);
-    if (last && a <= last[1]) last[1] = Math.max(last[1], b);
-    else out.push([a, b]);
-  }
+/** The parts of `xs` inside some stretch of `ys`. */
+function intersect(xs: readonly Span[], ys: readonly Span[]): Span[] {
+  const out: Span[] = [];
+  for (const [a, b] of normalize(xs)) for (const [c, d] of normalize(ys)) if (Math.max(a, c) < Math.min(b, d)) out.push([Math.max(a, c), Math.min(b, d)]);
   return out;
 }
 
-function intersect(xs: Array<[number, number]>, ys: Array<[number, number]>): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  for (const [a, b] of union(xs)) for (const [c, d] of union(ys)) if (Math.max(a, c) < Math.min(b, d)) out.push([Math.max(a, c), Math.min(b, d)]);
-  return out;
-}
-
-function length(xs: Array<[number, number]>): number {
-  return union(xs).reduce((s, [a, b]) => s + (b - a), 0);
-}
 
 /**
  * Every billed stretch of every settlement, written by a trigger on the time records:
