@@ -704,6 +704,20 @@ export class Simulation {
     return problems;
   }
 
+  /**
+   * When the design can know a tab left at `leftAt`: then, unless it left during a Redis
+   * outage on a node that went silent before Redis came back and was taken for dead. That
+   * leave lived only in the node's memory and went with it; the other nodes end its sockets
+   * at its last renewal (and its heartbeats' window caps them), so the design may bill up to
+   * there. Money at stake: at most a heartbeat window, as for a lost connection.
+   */
+  private leaveSeenAt(node: string, leftAt: number): number {
+    const outage = this.downs.find(([from, to]) => from <= leftAt && leftAt < to);
+    if (!outage) return leftAt;
+    const silent = this.departures.filter((d) => d.node === node && d.lastSeen >= leftAt && d.lastSeen <= outage[1]).map((d) => d.lastSeen);
+    return silent.length ? Math.min(...silent) : leftAt;
+  }
+
   /** The chat's truth from the tabs' stamps, the departures and the state changes. */
   private truth(chat: number, endedMs: number | null): ChatTruth {
     const upper: Array<[number, number]> = [];
@@ -711,9 +725,12 @@ export class Simulation {
     for (const [, t] of this.tabLogs) {
       if (t.chat !== chat) continue;
       const deaths = this.departures.filter((d) => d.node === t.node).map((d) => d.lastSeen);
+      // what may be billed runs until the design can know the tab left; what must be, until it did
+      const seenLeft = t.leftAt === null ? Infinity : this.leaveSeenAt(t.node, t.leftAt);
       for (const s of t.stamps) {
+        const upTo = Math.min(s + TTL, seenLeft);
+        if (upTo > s) upper.push([s, upTo]);
         const to = Math.min(s + TTL, t.leftAt ?? Infinity);
-        if (to > s) upper.push([s, to]);
         const cut = Math.min(to, ...deaths.filter((d) => d >= s));
         if (cut > s) lower.push([s, cut]);
       }
