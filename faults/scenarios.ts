@@ -17,13 +17,16 @@ const REDIS_DELAY_MS = 200;
 const REDIS_SLOW_MS = 6000;
 const SKEW_MS = 8000;
 
-/** The live node settling most of the row's chats, and the chats a fault on it touches. */
-function busiest(ctx: FaultContext): { node: Node; affected: Set<string>; settles: number; tabs: number } {
+/**
+ * The live node settling most of the row's chats, the chats a fault on it touches, its
+ * tabs, and the tabs on other nodes of the chats it settles.
+ */
+function busiest(ctx: FaultContext): { node: Node; affected: Set<string>; settles: number; onIt: Tab[]; others: Tab[] } {
   const count = (n: Node) => ctx.chatIds.filter((id) => ctx.settlers.get(id) === n.proc.nodeId).length;
   const node = [...ctx.h.live].sort((a, b) => count(b) - count(a))[0]!;
   const onIt = ctx.tabs.filter((t) => t.node === node.label);
   const affected = new Set([...ctx.chatIds.filter((id) => ctx.settlers.get(id) === node.proc.nodeId), ...onIt.map((t) => t.chatId)]);
-  return { node, affected, settles: count(node), tabs: onIt.length };
+  return { node, affected, settles: count(node), onIt, others: elsewhere(ctx, node) };
 }
 
 /**
@@ -61,9 +64,7 @@ const kill9: Scenario = {
   split: 9,
   preferSettler: (h) => h.live[0]!,
   async inject(ctx) {
-    const { node, affected, settles, tabs } = busiest(ctx);
-    const onIt = ctx.tabs.filter((t) => t.node === node.label);
-    const others = elsewhere(ctx, node);
+    const { node, affected, settles, onIt, others } = busiest(ctx);
     // mid-commit when it can: the moment one of its database backends is inside a transaction
     const caught = await inTransaction(ctx.h, node, 3000);
     const at = Date.now();
@@ -71,7 +72,7 @@ const kill9: Scenario = {
     const seen = (await ctx.h.lastSeen(node.proc.nodeId)) ?? at - TIMING.leaseMs;
     // its tabs: present (or not) from its last renewal until their heartbeat window lapsed
     for (const t of onIt) t.overrides.push({ from: Math.min(seen, at), to: at + WINDOW_MS, kind: 'uncertain' });
-    ctx.note(`killed ${node.label}, settler of ${settles} chats, holding ${tabs} tabs; its last renewal ${Math.round(at - seen)} ms before the kill`);
+    ctx.note(`killed ${node.label}, settler of ${settles} chats, holding ${onIt.length} tabs; its last renewal ${Math.round(at - seen)} ms before the kill`);
     ctx.note(caught ? `killed inside a transaction of its own (${caught})` : 'no transaction of its own caught open within 3 s: killed between transactions');
     return { affected, end: at, handovers: 1, takeover: { since: at, tabs: others } };
   },
@@ -84,9 +85,7 @@ const sigstop: Scenario = {
   split: 9,
   preferSettler: (h) => h.live[0]!,
   async inject(ctx) {
-    const { node, affected, settles, tabs } = busiest(ctx);
-    const onIt = ctx.tabs.filter((t) => t.node === node.label);
-    const others = elsewhere(ctx, node);
+    const { node, affected, settles, onIt, others } = busiest(ctx);
     const at = Date.now();
     ctx.h.pause(node);
     await sleep(300);
@@ -99,7 +98,7 @@ const sigstop: Scenario = {
       // no heartbeat reached a running node: nothing of this may be billed on its account
       t.overrides.push({ from: at + WINDOW_MS, to: cont, kind: 'absent' });
     }
-    ctx.note(`stopped ${node.label}, settler of ${settles} chats, holding ${tabs} tabs, for ${cont - at} ms; its last renewal ${Math.round(at - seen)} ms before the stop`);
+    ctx.note(`stopped ${node.label}, settler of ${settles} chats, holding ${onIt.length} tabs, for ${cont - at} ms; its last renewal ${Math.round(at - seen)} ms before the stop`);
     return { affected, end: cont, handovers: 2, takeover: { since: at, tabs: others } };
   },
 };
