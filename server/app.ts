@@ -33,6 +33,7 @@ import { RedisPresence } from './metering/redis-presence.js';
 import { SettlementService } from './metering/settlement.js';
 import { Ticker } from './metering/ticker.js';
 import { Metrics } from './metrics.js';
+import { localFanout, redisFanout } from './realtime/fanout.js';
 import { type ChatServer, attachRealtime, createPublisher } from './realtime/socket-server.js';
 import { Tokens } from './tokens.js';
 import { WebhookDeliveries } from './webhooks/deliveries.js';
@@ -192,7 +193,11 @@ export async function createApp(config: Config, deps: AppDeps = {}): Promise<App
   });
   if (redis) io.adapter(createAdapter(redis.pub, redis.sub, { key: keyPrefix }));
 
-  const publish = createPublisher(io, log, metrics);
+  // settlement pushes go to other nodes one message a batch, not through the adapter one publish a push
+  const fanout = redis
+    ? await redisFanout(io, { pub: redis.pub, sub: redis.sub, channel: `${keyPrefix}:fanout`, nodeId, log, metrics })
+    : localFanout(io, { log, metrics });
+  const publish = createPublisher(fanout, log);
   const ticker = new Ticker({
     clock,
     engine,

@@ -26,6 +26,7 @@ import type { PresenceStore } from '../metering/presence.js';
 import type { Command } from '../metering/rules.js';
 import type { SettleOutcome, SettlementService } from '../metering/settlement.js';
 import type { Metrics } from '../metrics.js';
+import type { Fanout, Push } from './fanout.js';
 import type { Principal, Tokens } from '../tokens.js';
 import { ChatRefSchema, describeIssues } from '../validation.js';
 
@@ -84,27 +85,24 @@ function meterRooms(userId: string, advisorId: string): string[] {
   return [pairRoom(userId, advisorId), `advisor:${advisorId}`];
 }
 
-/** Sends settlement outcomes to the sockets that must see them. */
-export function createPublisher(io: ChatServer, log: Logger, metrics: Metrics): (outcomes: SettleOutcome[]) => void {
+/** Sends settlement outcomes to the sockets that must see them: one batch for the fan-out. */
+export function createPublisher(fanout: Fanout, log: Logger): (outcomes: SettleOutcome[]) => void {
   return (outcomes) => {
+    const pushes: Push[] = [];
     for (const o of outcomes) {
       if (!o.ok) continue;
-      try {
-        const m = o.meter;
-        const rooms = meterRooms(m.userId, m.advisorId);
-        if (o.lowBalance) {
-          io.to(`user:${m.userId}`).emit('balance:low', { userId: m.userId, balance: m.balance, secondsAffordable: m.secondsAffordable });
-        }
-        if (o.push) io.to(rooms).emit('meter', m);
-        if (o.ended) {
-          io.to(rooms).emit('chat:ended', { chatId: m.chatId, reason: o.ended, meter: m });
-          log.info({ chatId: m.chatId, recordId: m.recordId, userId: m.userId, advisorId: m.advisorId, reason: o.ended }, 'chat ended');
-        }
-      } catch (err) {
-        metrics.backgroundErrors.inc({ where: 'publish' });
-        log.error({ err, chatId: o.chatId }, 'push failed');
+      const m = o.meter;
+      const rooms = meterRooms(m.userId, m.advisorId);
+      if (o.lowBalance) {
+        pushes.push({ rooms: [`user:${m.userId}`], event: 'balance:low', data: { userId: m.userId, balance: m.balance, secondsAffordable: m.secondsAffordable } });
+      }
+      if (o.push) pushes.push({ rooms, event: 'meter', data: m });
+      if (o.ended) {
+        pushes.push({ rooms, event: 'chat:ended', data: { chatId: m.chatId, reason: o.ended, meter: m } });
+        log.info({ chatId: m.chatId, recordId: m.recordId, userId: m.userId, advisorId: m.advisorId, reason: o.ended }, 'chat ended');
       }
     }
+    fanout.send(pushes);
   };
 }
 
