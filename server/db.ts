@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { DataSource } from 'typeorm';
 import { entities } from '../entities/index.js';
 import { migrations } from '../migrations/index.js';
+import { pgTypes } from './timestamps.js';
 
 /** Where the data lives: a Postgres URL, or a directory for the embedded PGlite. */
 export interface DbTarget {
@@ -24,7 +25,8 @@ export async function createDataSource(target: DbTarget): Promise<DataSource> {
       url: target.databaseUrl,
       poolSize: 20,
       // a stuck lock or a blackholed server fails a query instead of hanging a tick or a shutdown
-      extra: { application_name: 'chatmeter', statement_timeout: 30_000, connectionTimeoutMillis: 10_000, keepAlive: true },
+      // timestamptz read digit by digit, not by pg's regular expressions (server/timestamps.ts)
+      extra: { application_name: 'chatmeter', statement_timeout: 30_000, connectionTimeoutMillis: 10_000, keepAlive: true, types: pgTypes },
     });
   }
   const { PGlite } = await import('@electric-sql/pglite');
