@@ -79,6 +79,31 @@ if was and until_of(h, ttl) <= now then return 1 end
 return 0
 `;
 
+// KEYS: chat hashes → per key: since, closed, the latest socket heartbeat, hb (each as stored, or nil):
+// what a span needs, without shipping (and decoding) every socket field of every chat
+const SPANS = `
+local out = {}
+for _, key in ipairs(KEYS) do
+  local flat = redis.call('HGETALL', key)
+  local since, closed, latest, hb, latestN = false, false, false, false, nil
+  for i = 1, #flat, 2 do
+    local k, v = flat[i], flat[i + 1]
+    if k == 'since' then since = v
+    elseif k == 'closed' then closed = v
+    elseif k == 'hb' then hb = v
+    elseif string.sub(k, 1, 2) == 's:' then
+      local n = tonumber(v)
+      if latestN == nil or n > latestN then latestN, latest = n, v end
+    end
+  end
+  out[#out + 1] = since
+  out[#out + 1] = closed
+  out[#out + 1] = latest
+  out[#out + 1] = hb
+end
+return out
+`;
+
 /** Presence in Redis, shared by every node. */
 // KEYS[1] chat hash, ARGV[1] as of (epoch ms): deleted when no socket field is left in it and its
 // latest join or heartbeat ('hb') is not after ARGV[1]
@@ -163,14 +188,27 @@ export class RedisPresence implements SharedPresence {
   }
 
   async span(chatId: string): Promise<PresenceSpan | null> {
-    return this.toSpan(await this.redis.hGetAll(this.key(chatId)));
+    return (await this.spans([chatId])).get(chatId) ?? null;
   }
 
   async spans(chatIds: string[]): Promise<Map<string, PresenceSpan | null>> {
-    const multi = this.redis.multi();
-    for (const id of chatIds) multi.hGetAll(this.key(id));
-    const replies = (await multi.exec()) as unknown as Array<Record<string, string>>;
-    return new Map(chatIds.map((id, i) => [id, this.toSpan(replies[i] ?? {})]));
+    const spans = new Map<string, PresenceSpan | null>();
+    if (!chatIds.length) return spans;
+    const flat = (await this.redis.eval(SPANS, { keys: chatIds.map((id) => this.key(id)) })) as Array<string | null>;
+    chatIds.forEach((id, i) => {
+      const [since, closed, latest, hb] = flat.slice(i * 4, i * 4 + 4);
+      spans.set(
+        id,
+        since == null
+          ? null
+          : {
+              since: Number(since),
+              until: Math.max(closed == null ? -Infinity : Number(closed), latest == null ? -Infinity : Number(latest) + this.ttl),
+              lastHeartbeatAt: hb == null ? null : Number(hb),
+            },
+      );
+    });
+    return spans;
   }
 
   forget(chatId: string): void {
@@ -180,12 +218,5 @@ export class RedisPresence implements SharedPresence {
 
   async release(chatId: string, asOf: number): Promise<void> {
     await this.redis.eval(RELEASE, { keys: [this.key(chatId)], arguments: [String(asOf)] });
-  }
-
-  private toSpan(h: Record<string, string>): PresenceSpan | null {
-    if (h.since === undefined) return null;
-    let until = h.closed === undefined ? -Infinity : Number(h.closed);
-    for (const [k, v] of Object.entries(h)) if (k.startsWith('s:')) until = Math.max(until, Number(v) + this.ttl);
-    return { since: Number(h.since), until, lastHeartbeatAt: h.hb === undefined ? null : Number(h.hb) };
   }
 }
