@@ -73,6 +73,9 @@ describe('timestamptz from a real Postgres', function () {
                   'infinity'::timestamptz AS c, '1883-11-18 12:03:58.5+00'::timestamptz AS d, '2026-12-02 19:50:01.123987+00'::timestamptz::text AS t`,
         );
         if (zone !== 'UTC') expect(row.t, 'the session writes in its own zone').to.not.match(/\+00$/);
+        // the data source reads with parseTimestamptz (pg's parser would give the same instants)
+        expect((ds.driver as unknown as { master: { options: { types: unknown } } }).master.options.types).to.equal(pgTypes);
+        expect((parseTimestamptz(row.t) as Date).getTime(), zone).to.equal(Date.UTC(2026, 11, 2, 19, 50, 1, 123));
         expect(row.a.getTime(), zone).to.equal(Date.UTC(2026, 11, 2, 19, 50, 1, 123));
         expect(row.b.getTime(), zone).to.equal(0);
         expect(row.c, zone).to.equal(Infinity);

@@ -28,7 +28,7 @@ export interface Fanout {
   send(pushes: Push[]): void;
 }
 
-/** What a fan-out reports a push that failed to (a push's failure never stops the others). */
+/** Where a fan-out reports a push that failed (one push's failure never stops the others). */
 export interface FanoutDeps {
   log: Logger;
   metrics: Metrics;
@@ -71,7 +71,7 @@ export async function redisFanout(io: ChatServer, o: RedisFanoutOptions): Promis
   const head = `${o.nodeId}\n`;
   const ownPrefix = Buffer.from(head);
   const listener = (message: Buffer): void => {
-    if (message.length >= ownPrefix.length && ownPrefix.equals(message.subarray(0, ownPrefix.length))) return;
+    if (ownPrefix.equals(message.subarray(0, ownPrefix.length))) return;
     let pushes: Push[];
     try {
       const start = message.indexOf(0x0a);
