@@ -140,6 +140,8 @@ function serve(setup: BaselineSetup): Promise<number> {
 }
 
 process.on('disconnect', () => process.exit(0));
+// exiting (not dying of the signal) lets `--cpu-prof` in BENCH_BARE_ARGS write its profile
+process.on('SIGTERM', () => process.exit(0));
 process.once('message', (m: ToBaseline) => {
   serve(m.setup).then(
     (port) => send({ type: 'listening', port }),
