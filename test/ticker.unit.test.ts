@@ -108,6 +108,23 @@ describe('ticker (fake clock)', () => {
     await stop();
   });
 
+  it('runs two batches of a large slot at once (one in the rules while the other waits on Postgres), never more', async () => {
+    const many = Array.from({ length: 4000 }, (_, i) => `chat-${i}`);
+    const { clock, ticker, calls, maxInFlight, stop } = build({ chats: many, workMs: 40, buckets: 2 });
+    await ticker.start();
+    // the first slot: about 2,000 chats, four batches of at most 500, two at a time: done in 80 ms, not 160
+    await clock.tickAsync(500 + 80);
+    expect(maxInFlight()).to.equal(2);
+    const first = calls.filter((c) => c.at === calls[0]!.at);
+    expect(first.length, 'two batches started together').to.equal(2);
+    const slot = calls.filter((c) => c.at - calls[0]!.at < 80).flatMap((c) => c.ids);
+    expect(new Set(slot).size, 'no chat twice in a slot').to.equal(slot.length);
+    expect(slot.every((id) => bucketOf(id, 2) === bucketOf(slot[0]!, 2)), 'one bucket').to.equal(true);
+    await clock.tickAsync(2000);
+    expect(new Set(calls.flatMap((c) => c.ids)).size).to.equal(many.length);
+    await stop();
+  });
+
   it('catches a failing settlement, counts it and keeps ticking', async () => {
     const { clock, ticker, calls, counts, stop } = build({ chats: ['a', 'b', 'c'], fail: true, buckets: 1 });
     await ticker.start();

@@ -550,7 +550,8 @@ export class Ticker {
    * and the log names it. With `busy`, rows held elsewhere are skipped (their chats
    * come back busy) and, with `waitForBusy`, those chats are settled once more
    * waiting for the rows (at most `lockTimeoutMs` a lock; still held, they stay
-   * busy). Never throws: returns each chat's outcome or error.
+   * busy). Skipping locked rows, two batches are in flight at once (a node behind
+   * its slots catches up). Never throws: returns each chat's outcome or error.
    */
   private async settleMany(
     ids: string[],
@@ -580,7 +581,15 @@ export class Ticker {
       }
     };
     const skipLocked = busy !== null;
-    for (let i = 0; i < ids.length; i += 500) await run(ids.slice(i, i + 500), skipLocked);
+    const parts: string[][] = [];
+    for (let i = 0; i < ids.length; i += 500) parts.push(ids.slice(i, i + 500));
+    // skipping locked rows, no batch waits for another's: two in flight, so one's rules and pushes run
+    // here while the other's statements run in Postgres
+    let next = 0;
+    const worker = async () => {
+      while (next < parts.length) await run(parts[next++]!, skipLocked);
+    };
+    await Promise.all(Array.from({ length: Math.min(skipLocked ? 2 : 1, parts.length) }, worker));
     if (busy?.waitForBusy) {
       // the chats skipped for rows held elsewhere, once more, waiting for those rows in the fixed lock order
       const held = ids.filter((id) => {
