@@ -2,9 +2,9 @@
  * Client tokens: HS256 JWTs with `sub`, `role` and `exp`, verified by fast-jwt with
  * the algorithm pinned, so `alg: none` and other algorithms are refused outright.
  *
- * fast-jwt checks the HMAC with node:crypto on the calling thread (10-15 us a token
- * here), where WebCrypto (jose) sends each check to the thread pool and back (35-96
- * us of CPU, 8-11% of a node's CPU early in a connect storm). Its cache of verified
+ * fast-jwt checks the HMAC with node:crypto on the calling thread (31-62 us of CPU a
+ * new token here), where WebCrypto (jose) sends each check to the thread pool and
+ * back (154-192 us; 8-11% of a node's CPU early in a connect storm). Its cache of verified
  * tokens, keyed by a hash of the token and bounded by the token's `exp`, makes a
  * reconnect with the same token (every tab after a proxy restart) a lookup.
  */

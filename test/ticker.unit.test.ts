@@ -120,6 +120,7 @@ describe('ticker (fake clock)', () => {
     const slot = calls.filter((c) => c.at - calls[0]!.at < 80).flatMap((c) => c.ids);
     expect(new Set(slot).size, 'no chat twice in a slot').to.equal(slot.length);
     expect(slot.every((id) => bucketOf(id, 2) === bucketOf(slot[0]!, 2)), 'one bucket').to.equal(true);
+    expect(slot.length, 'the whole bucket within 80 ms').to.equal(many.filter((id) => bucketOf(id, 2) === bucketOf(slot[0]!, 2)).length);
     await clock.tickAsync(2000);
     expect(new Set(calls.flatMap((c) => c.ids)).size).to.equal(many.length);
     await stop();

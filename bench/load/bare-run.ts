@@ -46,7 +46,7 @@ export interface BareRun {
 /** One run of the bare baseline, copying `template` (a chatmeter snapshot) for its meters. */
 export async function runBare(cfg: LoadConfig, template: MeterSnapshot | null, log: (line: string) => void, onAbandon: OnAbandon): Promise<BareRun> {
   const plan = planOf(cfg);
-  const child = fork(SERVER, [], { cwd: ROOT, execArgv: [...(process.env.BENCH_BARE_ARGS ?? '').split(' ').filter(Boolean), '--import', 'tsx'], serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(SERVER, [], { cwd: ROOT, execArgv: [...cfg.bareArgs, '--import', 'tsx'], serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const forget = onAbandon(async () => void child.kill('SIGKILL'));
   try {
     const port = await new Promise<number>((resolve, reject) => {

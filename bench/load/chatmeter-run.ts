@@ -210,8 +210,7 @@ export async function runChatmeter(cfg: LoadConfig, nodes: 1 | 2, log: (line: st
       CHATMETER_JWT_SECRET: secret,
       LOG_LEVEL: cfg.nodeLogLevel,
     };
-    const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    for (let i = 0; i < nodes; i++) procs.push(await spawnNode(env, nodeArgs));
+    for (let i = 0; i < nodes; i++) procs.push(await spawnNode(env, cfg.nodeArgs));
     const urls = procs.map((p) => p.url);
     log(`chatmeter (${nodes} node${nodes > 1 ? 's' : ''}, ${db.url ? 'Postgres' : 'PGlite'}): setting up ${cfg.chats} chats over HTTP`);
 

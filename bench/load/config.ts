@@ -46,9 +46,15 @@ export interface LoadConfig {
   redisUrl: string;
   /** The chatmeter nodes' LOG_LEVEL (BENCH_NODE_LOG_LEVEL, warn). */
   nodeLogLevel: string;
+  /** Extra `node` flags of the chatmeter nodes (BENCH_NODE_ARGS) and of the bare server (BENCH_BARE_ARGS), e.g. `--cpu-prof`. */
+  nodeArgs: string[];
+  bareArgs: string[];
   /** A last-resort watchdog on the whole run (BENCH_DEADLINE_SECONDS; default from the sizes). */
   deadlineSeconds: number;
 }
+
+/** Space-separated flags; none when unset. */
+const flags = (raw: string | undefined): string[] => (raw ?? '').split(' ').filter(Boolean);
 
 const int = (env: NodeJS.ProcessEnv, name: string, def: number, min = 1): number => {
   const raw = env[name];
@@ -89,6 +95,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): LoadConfig {
     databaseUrl: env.DATABASE_URL || null,
     redisUrl: env.REDIS_URL || 'redis://127.0.0.1:6379',
     nodeLogLevel: env.BENCH_NODE_LOG_LEVEL || 'warn',
+    nodeArgs: flags(env.BENCH_NODE_ARGS),
+    bareArgs: flags(env.BENCH_BARE_ARGS),
     deadlineSeconds: 0,
   };
   // a run: setup (5 requests a chat at a few hundred a second), the storm, the window, the reconnect, idle
